@@ -1,0 +1,319 @@
+"""The decode stage: plan chunks, skip committed ones, decode the rest, merge.
+
+The selected split is cut, in manifest order, into chunks of ``shard_size``
+videos; chunk k becomes ``part-k.parquet``. ``--num-shards N --shard-index i``
+takes the chunks with ``k % N == i``, so N machines can share one output
+directory (or merge theirs by copying) without conflicting names. Whichever
+run finds every chunk committed writes ``status.parquet`` and ``stage.json``.
+
+A chunk's key digests the parameters and the identity (path, size, mtime) of
+each of its videos, so a rerun skips what is committed and unchanged and
+redoes the rest, including chunks whose videos were replaced since.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.decode.reader import FrameSpec, check_video_file, read_video, stat_or_none
+from pipeline.decode.worker import DecodePool, DecodeResult, DecodeTask, Reader
+from pipeline.decode.writer import (
+    CHUNKS_DIR,
+    FRAMES_PARQUET_OPTIONS,
+    LOGS_DIR,
+    STATUS_FILE,
+    Chunk,
+    ChunkWriter,
+    marker_path,
+    merge_status,
+    part_path,
+    read_marker_metadata,
+)
+from pipeline.errors import VidretError
+from pipeline.files import remove_temporaries, sha256_file, sha256_json
+from pipeline.manifest import ManifestEntry, read_manifest, select_split
+from pipeline.schemas import DECODE_STATUSES
+from pipeline.stage import library_versions, read_stage, remove_stage, write_stage
+
+# Decoded videos that may wait in memory for a slower one ahead of them
+# (results are written in manifest order). Past this, dispatch pauses.
+REORDER_BUDGET_BYTES = 1 << 30
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    spec: FrameSpec = field(default_factory=FrameSpec)
+    split: str = "all"
+    shard_size: int = 100  # videos per part file
+    workers: int = field(default_factory=default_workers)
+    timeout: float = 60.0  # seconds per video, enforced by killing the worker
+    num_shards: int = 1
+    shard_index: int = 0
+    video_root: Path | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise VidretError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise VidretError(
+                f"--shard-index must be in [0, {self.num_shards}) with --num-shards {self.num_shards},"
+                f" got {self.shard_index}"
+            )
+
+    def output_params(self) -> dict:
+        """The options that determine the output: a change means different frames."""
+        return {**self.spec.to_dict(), "split": self.split, "shard_size": self.shard_size}
+
+
+@dataclass
+class DecodeSummary:
+    out_dir: Path
+    counts: Counter  # this run's videos by status
+    frames: int  # frames written by this run
+    seconds: float
+    chunks_run: int  # decoded by this run
+    chunks_already_committed: int  # of this shard's chunks, found committed and skipped
+    chunks_committed: int  # of the whole split, after this run
+    chunks_total: int  # of the whole split
+    videos_total: int  # of the whole split
+    shard: tuple[int, int]  # (index, count)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk of the split is committed, so status.parquet and stage.json are written."""
+        return self.chunks_committed == self.chunks_total
+
+    @property
+    def videos(self) -> int:
+        return sum(self.counts.values())
+
+    def line(self) -> str:
+        waiting = (
+            f"{self.chunks_committed} of {self.chunks_total} chunks of the split are committed;"
+            " status.parquet and stage.json come with the last"
+        )
+        if not self.chunks_run:
+            if self.complete:
+                return (
+                    f"decode: nothing to do, {self.out_dir} already holds all {self.videos_total} videos"
+                    " decoded with these parameters (--force redoes them)"
+                )
+            return f"decode: nothing to do for shard {self.shard[0]} of {self.shard[1]}; {waiting}"
+        ok = self.counts.get("ok", 0)
+        failed = ", ".join(f"{self.counts[s]} {s}" for s in DECODE_STATUSES[1:] if self.counts.get(s))
+        parts = [
+            f"decode: {self.videos} videos in {self.seconds:.1f} s: {ok} ok" + (f", {failed}" if failed else ""),
+            f"{self.videos / self.seconds:.1f} videos/s, {self.frames / self.seconds:.0f} frames/s",
+            f"output: {self.out_dir}",
+        ]
+        if self.chunks_already_committed:
+            parts.append(f"resumed: {self.chunks_already_committed} chunks were already committed")
+        if not self.complete:
+            parts.append(waiting)
+        return " | ".join(parts)
+
+
+def plan_chunks(entries: list[ManifestEntry], params: dict, shard_size: int) -> list[Chunk]:
+    chunks = []
+    for index, start in enumerate(range(0, len(entries), shard_size)):
+        members = tuple(entries[start : start + shard_size])
+        inputs = [[entry.video_id, str(entry.path), *_file_identity(entry.path)] for entry in members]
+        chunks.append(Chunk(index, members, sha256_json([params, inputs])))
+    return chunks
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    file_stat = stat_or_none(path)
+    return (file_stat.st_size, file_stat.st_mtime_ns) if file_stat else (-1, -1)
+
+
+def _is_committed(out_dir: Path, chunk: Chunk) -> bool:
+    """The chunk's marker holds its current key, and its part file is in place."""
+    marker = read_marker_metadata(marker_path(out_dir, chunk.index))
+    return marker is not None and marker[0] == chunk.key and part_path(out_dir, chunk.index).exists()
+
+
+def _refuse_other_parameters(out_dir: Path, params: dict) -> None:
+    for marker in sorted((out_dir / CHUNKS_DIR).glob("part-*.status.parquet")):
+        _, old = read_marker_metadata(marker)
+        if old != params:
+            changes = ", ".join(
+                f"{name} {old.get(name)!r} -> {params.get(name)!r}"
+                for name in sorted(set(old) | set(params))
+                if old.get(name) != params.get(name)
+            )
+            raise VidretError(
+                f"{out_dir} holds frames decoded with other parameters ({changes});"
+                " pass --force to replace them, or choose another --out"
+            )
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what decode wrote in ``out_dir`` (and nothing else)."""
+    for part in out_dir.glob("part-*.parquet"):
+        part.unlink()
+    shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
+    (out_dir / STATUS_FILE).unlink(missing_ok=True)
+    remove_stage(out_dir)
+
+
+def decode_videos(
+    manifest: Path | str,
+    out_dir: Path | str,
+    options: DecodeOptions | None = None,
+    reader: Reader = read_video,
+    progress: bool = True,
+) -> DecodeSummary:
+    """Decode the videos of ``manifest`` into Parquet frame shards under ``out_dir``.
+
+    ``reader`` turns (path, FrameSpec) into a DecodedVideo; it runs in the
+    worker processes, so it must be a module-level function.
+    """
+    options = options or DecodeOptions()
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    entries = select_split(read_manifest(manifest, options.video_root), options.split, manifest)
+    params = options.output_params()
+    chunks = plan_chunks(entries, params, options.shard_size)
+    fingerprint = sha256_json([chunk.key for chunk in chunks])
+    shard = (options.shard_index, options.num_shards)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if options.force:
+        clear_outputs(out_dir)
+    _refuse_other_parameters(out_dir, params)
+
+    committed = {chunk.index for chunk in chunks if _is_committed(out_dir, chunk)}
+    mine = [chunk for chunk in chunks if chunk.index % options.num_shards == options.shard_index]
+    todo = [chunk for chunk in mine if chunk.index not in committed]
+    counts, frames, seconds = Counter(), 0, 0.0
+    if todo:
+        # The directory is about to change: it is no longer the one stage.json describes.
+        remove_stage(out_dir)
+        (out_dir / STATUS_FILE).unlink(missing_ok=True)
+        counts, frames, seconds = _decode_chunks(todo, out_dir, options, params, reader, progress)
+        committed.update(chunk.index for chunk in todo)
+    summary = DecodeSummary(
+        out_dir, counts, frames, seconds, len(todo), len(mine) - len(todo), len(committed), len(chunks), len(entries), shard
+    )
+    stage = read_stage(out_dir)
+    if summary.complete and (stage is None or stage["input"]["fingerprint"] != fingerprint):
+        _finish(out_dir, chunks, manifest, options, params, fingerprint, summary)
+    return summary
+
+
+def _decode_chunks(
+    chunks: list[Chunk], out_dir: Path, options: DecodeOptions, params: dict, reader: Reader, progress: bool
+) -> tuple[Counter, int, float]:
+    tasks = [DecodeTask(seq, entry.video_id, entry.path) for seq, entry in enumerate(e for c in chunks for e in c.entries)]
+    # Failures that stat alone reveals (missing, empty) need no worker.
+    problems = [check_video_file(task.path, stat_or_none(task.path)) for task in tasks]
+    to_decode = sum(problem is None for problem in problems)
+    window = max(4 * options.workers, REORDER_BUDGET_BYTES // options.spec.frame_bytes)
+    for chunk in chunks:
+        remove_temporaries(part_path(out_dir, chunk.index))
+        remove_temporaries(marker_path(out_dir, chunk.index))
+    (out_dir / LOGS_DIR).mkdir(exist_ok=True)
+    writer = ChunkWriter(out_dir, chunks, params)
+    counts, frames = Counter(), 0
+    bar = tqdm(total=len(tasks), unit="video", desc="decode", disable=not progress, dynamic_ncols=True)
+
+    def accept(result: DecodeResult) -> None:
+        nonlocal frames
+        counts[result.status] += 1
+        if result.video is not None:
+            frames += len(result.video.frame_indices)
+        writer.add(result)
+        bar.update(1)
+        bar.set_postfix_str(f"ok {counts['ok']}, failed {bar.n - counts['ok']}", refresh=False)
+
+    start = time.perf_counter()
+    pool = None
+    try:
+        if to_decode:
+            log_path = out_dir / LOGS_DIR / "decode-workers.log"
+            pool = DecodePool(min(options.workers, to_decode), options.spec, options.timeout, log_path, reader)
+        dispatched = 0
+        while writer.next_seq < len(tasks):
+            while dispatched < len(tasks) and dispatched < writer.next_seq + window:
+                task, problem = tasks[dispatched], problems[dispatched]
+                if problem is not None:
+                    accept(DecodeResult(task.seq, task.video_id, problem.status, str(problem), 0.0))
+                elif pool.idle:
+                    pool.submit(task)
+                else:
+                    break
+                dispatched += 1
+            for result in pool.collect() if pool else []:
+                accept(result)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+        bar.close()
+    return counts, frames, time.perf_counter() - start
+
+
+def _finish(
+    out_dir: Path,
+    chunks: list[Chunk],
+    manifest: Path,
+    options: DecodeOptions,
+    params: dict,
+    fingerprint: str,
+    summary: DecodeSummary,
+) -> None:
+    """Every chunk is committed: write status.parquet and, last, stage.json."""
+    status = merge_status(out_dir, chunks)
+    for stale in out_dir.glob("part-*.parquet"):  # chunks of an earlier, longer manifest
+        index = int(stale.stem.removeprefix("part-"))
+        if index >= len(chunks):
+            stale.unlink()
+            marker_path(out_dir, index).unlink(missing_ok=True)
+    counts = Counter(status.column("status").to_pylist())
+    throughput = None
+    if summary.chunks_run:
+        throughput = {
+            "videos": summary.videos,
+            "seconds": round(summary.seconds, 3),
+            "videos_per_second": round(summary.videos / summary.seconds, 2),
+            "frames_per_second": round(summary.frames / summary.seconds, 1),
+            "workers": options.workers,
+            "shard": list(summary.shard),
+        }
+    write_stage(
+        out_dir,
+        {
+            "stage": "decode",
+            "params": params,
+            "input": {
+                "manifest": str(manifest.absolute()),
+                "manifest_sha256": sha256_file(manifest),
+                "video_root": str(options.video_root) if options.video_root else None,
+                "videos": status.num_rows,
+                "fingerprint": fingerprint,
+            },
+            "counts": {name: counts[name] for name in DECODE_STATUSES if counts[name]},
+            "output": {
+                "parts": len(chunks),
+                "bytes": sum(part_path(out_dir, chunk.index).stat().st_size for chunk in chunks),
+                "parquet": FRAMES_PARQUET_OPTIONS,
+            },
+            "timeout_seconds": options.timeout,
+            "decoder_seconds": round(sum(status.column("seconds").to_pylist()), 3),
+            "throughput": throughput,
+            "libraries": library_versions("decord", "av", "pyarrow", "numpy"),
+        },
+    )

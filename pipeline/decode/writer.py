@@ -1,0 +1,166 @@
+"""Write decode results as Parquet shards, one shard per chunk of the manifest.
+
+Layout of ``RUN/frames/``::
+
+    part-00000.parquet                frames of the chunk's decoded videos
+    _chunks/part-00000.status.parquet the chunk's statuses: its commit marker
+    status.parquet                    every video's status (when all chunks are in)
+    stage.json                        parameters, fingerprint, counts, throughput
+    _logs/decode-workers.log          what the decoders printed
+
+A chunk is committed by its status marker, which is written after its part
+file is in place; both are written atomically. A killed run therefore leaves
+whole chunks or nothing, and a rerun redoes exactly the uncommitted chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.decode.worker import DecodeResult
+from pipeline.files import commit_file, temporary_path, write_parquet
+from pipeline.manifest import ManifestEntry
+from pipeline.schemas import FRAMES_SCHEMA, STATUS_SCHEMA
+
+STATUS_FILE = "status.parquet"
+CHUNKS_DIR = "_chunks"
+LOGS_DIR = "_logs"
+CHUNK_KEY = b"vidret.chunk_key"
+PARAMS_KEY = b"vidret.params"
+
+# One row group per video: a reader can fetch any single video (shuffled
+# training, DuckDB ``WHERE video_id = ...``) without reading its neighbours.
+# Statistics only on video_id, which makes that filter skip row groups; min/max
+# of megabyte-sized frame blobs would be useless. See README "Frames on disk".
+FRAMES_PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=["video_id"])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    entries: tuple[ManifestEntry, ...]
+    key: str  # digest of the parameters and of every input file's identity
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}.parquet"
+
+
+def part_path(out_dir: Path, chunk_index: int) -> Path:
+    return out_dir / f"part-{chunk_index:05d}.parquet"
+
+
+def marker_path(out_dir: Path, chunk_index: int) -> Path:
+    return out_dir / CHUNKS_DIR / f"part-{chunk_index:05d}.status.parquet"
+
+
+def read_marker_metadata(path: Path) -> tuple[str, dict] | None:
+    """(chunk key, parameters) of a committed chunk, or None if there is no marker."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        return None
+    return metadata.get(CHUNK_KEY, b"").decode(), json.loads(metadata.get(PARAMS_KEY, b"{}"))
+
+
+def frames_table(result: DecodeResult) -> pa.Table:
+    video = result.video
+    num_frames, height, width, _ = video.frames.shape
+    return pa.table(
+        {
+            "video_id": [result.video_id],
+            "frames": [video.frames.tobytes()],
+            "num_frames": [num_frames],
+            "height": [height],
+            "width": [width],
+            "frame_indices": [video.frame_indices],
+            "source_num_frames": [video.source_num_frames],
+            "fps": [video.fps],
+        },
+        schema=FRAMES_SCHEMA,
+    )
+
+
+def status_table(results: list[DecodeResult], metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+    columns = {
+        "video_id": [result.video_id for result in results],
+        "status": [result.status for result in results],
+        "error": [result.error for result in results],
+        "seconds": [result.seconds for result in results],
+    }
+    return pa.table(columns, schema=STATUS_SCHEMA.with_metadata(metadata))
+
+
+class ChunkWriter:
+    """Writes one run's results, in work order, as one committed shard per chunk.
+
+    Workers finish in any order; results wait here until every earlier one has
+    arrived, so each part file holds its videos in manifest order and a rerun
+    writes byte-identical files. ``next_seq`` tells the caller how far writing
+    has got, so that it can bound how many results wait in memory.
+    """
+
+    def __init__(self, out_dir: Path, chunks: list[Chunk], params: dict) -> None:
+        self.out_dir = out_dir
+        self._chunks = chunks
+        self._params_json = json.dumps(params, sort_keys=True).encode()
+        self._pending: dict[int, DecodeResult] = {}
+        self.next_seq = 0
+        self._chunk_position = 0  # index into chunks of the chunk being written
+        self._chunk_results: list[DecodeResult] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._temporary: Path | None = None
+        (out_dir / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
+
+    def add(self, result: DecodeResult) -> list[Chunk]:
+        """Accept one result; return the chunks this completed and committed."""
+        self._pending[result.seq] = result
+        committed = []
+        while self.next_seq in self._pending:
+            chunk = self._write(self._pending.pop(self.next_seq))
+            self.next_seq += 1
+            if chunk is not None:
+                committed.append(chunk)
+        return committed
+
+    def _write(self, result: DecodeResult) -> Chunk | None:
+        chunk = self._chunks[self._chunk_position]
+        if self._writer is None:
+            path = part_path(self.out_dir, chunk.index)
+            self._temporary = temporary_path(path)
+            schema = FRAMES_SCHEMA.with_metadata({PARAMS_KEY: self._params_json})
+            self._writer = pq.ParquetWriter(self._temporary, schema, **FRAMES_PARQUET_OPTIONS)
+        if result.status == "ok":
+            self._writer.write_table(frames_table(result))
+        self._chunk_results.append(result)
+        if len(self._chunk_results) < len(chunk.entries):
+            return None
+        self._writer.close()
+        self._writer = None
+        commit_file(self._temporary, part_path(self.out_dir, chunk.index))
+        metadata = {CHUNK_KEY: chunk.key.encode(), PARAMS_KEY: self._params_json}
+        write_parquet(marker_path(self.out_dir, chunk.index), status_table(self._chunk_results, metadata))
+        self._chunk_results = []
+        self._chunk_position += 1
+        return chunk
+
+    def abort(self) -> None:
+        """Drop the chunk being written (its videos are redone on the next run)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+
+
+def merge_status(out_dir: Path, chunks: list[Chunk]) -> pa.Table:
+    """Concatenate every chunk's statuses (manifest order) into status.parquet."""
+    tables = [pq.read_table(marker_path(out_dir, chunk.index)) for chunk in chunks]
+    merged = pa.concat_tables(tables).replace_schema_metadata(None)
+    write_parquet(out_dir / STATUS_FILE, merged)
+    return merged

@@ -1,0 +1,121 @@
+"""The manifest: one JSON object per line describing a captioned video.
+
+    {"video_id": "video9770", "path": "videos/video9770.mp4", "split": "test",
+     "captions": ["a person is connecting something to system"]}
+
+``path`` is relative to the manifest's folder unless it is absolute, or
+relative to ``video_root`` when one is given. Other fields are allowed and
+ignored, so datasets can carry extra annotations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import VidretError
+from pipeline.files import commit_file, temporary_path
+
+SPLITS = ("train", "val", "test")
+REQUIRED_FIELDS = ("video_id", "path", "split", "captions")
+
+
+class ManifestError(VidretError):
+    pass
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    video_id: str
+    path: Path  # absolute
+    split: str
+    captions: tuple[str, ...]
+
+
+def read_manifest(manifest: Path | str, video_root: Path | str | None = None) -> list[ManifestEntry]:
+    """Parse and validate a manifest; raise ManifestError naming file and line."""
+    manifest = Path(manifest)
+    try:
+        lines = manifest.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise ManifestError(f"{manifest}: no such manifest file") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{manifest}: is a directory, expected a JSON Lines manifest file") from None
+    base = Path(video_root) if video_root is not None else manifest.parent
+    entries: list[ManifestEntry] = []
+    first_line_of: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+
+        def fail(problem: str) -> ManifestError:
+            return ManifestError(f"{manifest}:{number}: {problem}")
+
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise fail("not valid UTF-8") from None
+        except json.JSONDecodeError as error:
+            raise fail(f"invalid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise fail(f"expected a JSON object, got {type(record).__name__}")
+        missing = [field for field in REQUIRED_FIELDS if field not in record]
+        if missing:
+            raise fail(f"missing field {', '.join(repr(field) for field in missing)}")
+        video_id, path, split, captions = (record[field] for field in REQUIRED_FIELDS)
+        if not isinstance(video_id, str) or not video_id.strip():
+            raise fail("'video_id' must be a non-empty string")
+        if video_id in first_line_of:
+            raise fail(f"duplicate video_id {video_id!r} (first on line {first_line_of[video_id]})")
+        if not isinstance(path, str) or not path.strip():
+            raise fail("'path' must be a non-empty string")
+        if split not in SPLITS:
+            raise fail(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+        if not isinstance(captions, list) or not captions:
+            raise fail("'captions' must be a non-empty list of strings")
+        for caption in captions:
+            if not isinstance(caption, str) or not caption.strip():
+                raise fail(f"empty or non-string caption {caption!r}")
+        first_line_of[video_id] = number
+        entries.append(ManifestEntry(video_id, (base / path).absolute(), split, tuple(captions)))
+    if not entries:
+        raise ManifestError(f"{manifest}: the manifest has no videos")
+    return entries
+
+
+def parse_splits(split: str) -> tuple[str, ...]:
+    """``"all"`` or a comma-separated list of split names, in manifest vocabulary."""
+    if split == "all":
+        return SPLITS
+    names = tuple(name.strip() for name in split.split(","))
+    unknown = [name for name in names if name not in SPLITS]
+    if unknown:
+        raise VidretError(f"unknown split {unknown[0]!r} (expected all, or one or more of {', '.join(SPLITS)})")
+    return names
+
+
+def select_split(entries: list[ManifestEntry], split: str, manifest: Path | str) -> list[ManifestEntry]:
+    """The entries of ``split`` in manifest order; an error if there are none."""
+    wanted = parse_splits(split)
+    selected = [entry for entry in entries if entry.split in wanted]
+    if not selected:
+        raise VidretError(f"{manifest}: no videos in split {split!r}")
+    return selected
+
+
+def describe_manifest(entries: list[ManifestEntry]) -> str:
+    """One line: videos and captions per split, and how many video files are missing."""
+    per_split = Counter(entry.split for entry in entries)
+    captions = sum(len(entry.captions) for entry in entries)
+    missing = sum(not entry.path.is_file() for entry in entries)
+    splits = ", ".join(f"{per_split[name]} {name}" for name in SPLITS if per_split[name])
+    return f"{len(entries)} videos ({splits}), {captions} captions, missing video files: {missing}"
+
+
+def write_manifest(path: Path, records: list[dict]) -> None:
+    """Write manifest records as JSON Lines (atomically)."""
+    temporary = temporary_path(path)
+    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
+    commit_file(temporary, path)

@@ -1,0 +1,42 @@
+"""The on-disk contracts between stages, as Arrow schemas.
+
+These are public: users read the files with pyarrow, pandas or DuckDB and may
+write them with their own tools. README.md ("On-disk formats") documents them.
+"""
+
+import pyarrow as pa
+
+# RUN/frames/part-NNNNN.parquet: one row (and one row group) per decoded video.
+FRAMES_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("frames", pa.binary()),  # uint8, num_frames x height x width x 3, RGB, C order
+        ("num_frames", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("frame_indices", pa.list_(pa.int32())),  # source frame numbers that were sampled
+        ("source_num_frames", pa.int32()),  # frames the container lists
+        ("fps", pa.float64()),
+    ]
+)
+
+# RUN/frames/status.parquet: exactly one row per manifest video of the selected split.
+STATUS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("status", pa.string()),  # one of DECODE_STATUSES
+        ("error", pa.string()),  # why it failed; for "ok", a warning or ""
+        ("seconds", pa.float64()),  # time spent on the video
+    ]
+)
+
+DECODE_STATUSES = (
+    "ok",
+    "missing",  # no file at the path
+    "empty",  # a zero-byte file
+    "unreadable",  # not a media file decord can open, or no frame decodes
+    "no_video",  # a media file without a video stream
+    "too_short",  # a video stream with no frames
+    "timeout",  # killed after --timeout seconds
+    "crashed",  # the decoder process died
+)

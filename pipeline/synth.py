@@ -1,0 +1,284 @@
+"""The built-in synthetic dataset: captioned clips of one shape moving over a background.
+
+Each clip has five attributes: colour, shape, size, background and direction
+of motion, and its captions name all five. Two properties make it a useful
+retrieval benchmark:
+
+* every test caption matches exactly one test video (test clips have
+  distinct attribute combinations);
+* the direction can only be read from the order of frames: a clip moving left
+  over a segment is the time reverse of one moving right over the same
+  segment, and segments are drawn independently of direction, so the set of
+  frames (all that mean pooling sees) carries no information about direction.
+  A temporal head can beat mean pooling on these captions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.errors import VidretError
+from pipeline.files import read_json, write_json
+from pipeline.manifest import SPLITS, write_manifest
+from pipeline.stage import library_versions
+
+COLOURS = {
+    "red": (220, 45, 45),
+    "green": (40, 175, 70),
+    "blue": (50, 90, 230),
+    "yellow": (235, 205, 40),
+    "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+SIZES = {"small": 0.09, "large": 0.16}  # circumradius as a fraction of the frame height
+BACKGROUNDS = {"black": (25, 25, 25), "gray": (120, 120, 120), "purple": (85, 45, 115), "teal": (25, 105, 105)}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+CAPTION_TEMPLATES = (
+    "a {size} {colour} {shape} moves {direction} on a {background} background",
+    "a {colour} {shape}, {size}, slides {direction} across a {background} background",
+    "on a {background} background a {size} {colour} {shape} travels {direction}",
+)
+SPLIT_FRACTIONS = {"test": 0.2, "val": 0.1}  # the rest is train
+TRAIN_CAPTIONS = 3  # captions per training video; val and test videos get one, as MSR-VTT 1k-A
+
+
+@dataclass(frozen=True)
+class ClipAttributes:
+    colour: str
+    shape: str
+    size: str
+    background: str
+    direction: str
+
+    def caption(self, template: str) -> str:
+        return template.format(**asdict(self))
+
+
+ALL_ATTRIBUTES = [ClipAttributes(*combo) for combo in itertools.product(COLOURS, SHAPES, SIZES, BACKGROUNDS, DIRECTIONS)]
+
+
+@dataclass(frozen=True)
+class ClipMotion:
+    start: tuple[float, float]  # centre (x, y) in pixels at the first frame
+    end: tuple[float, float]  # and at the last frame
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    videos: int = 200
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    fps: int = 30
+    min_frames: int = 60
+    max_frames: int = 120
+
+    def __post_init__(self) -> None:
+        if self.videos < 1:
+            raise VidretError(f"--videos must be at least 1, got {self.videos}")
+        if self.width % 2 or self.height % 2 or min(self.width, self.height) < 32:
+            raise VidretError(f"frame size must be even and at least 32, got {self.width}x{self.height}")
+        if not 2 <= self.min_frames <= self.max_frames:
+            raise VidretError(f"need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+        held_out = sum(self.split_counts()[name] for name in SPLIT_FRACTIONS)
+        if held_out > len(ALL_ATTRIBUTES):
+            raise VidretError(
+                f"--videos {self.videos} needs {held_out} distinct val and test clips,"
+                f" but there are only {len(ALL_ATTRIBUTES)} attribute combinations"
+            )
+
+    def split_counts(self) -> dict[str, int]:
+        counts = {name: round(fraction * self.videos) for name, fraction in SPLIT_FRACTIONS.items()}
+        return {"train": self.videos - sum(counts.values()), **counts}
+
+
+def draw_motion(rng: np.random.Generator, direction: str, radius: float, num_frames: int, width: int, height: int) -> ClipMotion:
+    """A straight path over at least 40% of the free span, in ``direction``.
+
+    The segment is drawn the same way for every direction and only then
+    oriented, so left/right (and up/down) clips cover the same positions.
+    """
+    dx, dy = DIRECTIONS[direction]
+    along, across = (width, height) if dx else (height, width)
+    free = along - 2 * radius
+    length = rng.uniform(0.4, 0.75) * free
+    low = radius + rng.uniform(0, free - length)
+    high = low + length
+    side = rng.uniform(radius, across - radius)
+    first, last = (low, high) if dx + dy > 0 else (high, low)
+    if dx:
+        return ClipMotion((first, side), (last, side), num_frames)
+    return ClipMotion((side, first), (side, last), num_frames)
+
+
+def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
+    if shape == "circle":
+        return np.hypot(dx, dy) - radius
+    if shape == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) - radius * 0.75
+    if shape == "diamond":
+        return (np.abs(dx) + np.abs(dy) - radius) / np.sqrt(2)
+    if shape == "triangle":  # pointing up; distance to the farthest edge line
+        normals = [(np.cos(angle), np.sin(angle)) for angle in np.radians([90, 210, 330])]
+        return np.max([nx * dx + ny * dy for nx, ny in normals], axis=0) - radius / 2
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_frames(attributes: ClipAttributes, motion: ClipMotion, width: int, height: int) -> Iterator[np.ndarray]:
+    """The clip's frames, each height x width x 3 uint8, with an anti-aliased shape.
+
+    Every frame is drawn into the same buffer (fresh arrays would page-fault
+    more than drawing costs): copy a frame to keep it past the next one.
+    """
+    radius = SIZES[attributes.size] * height
+    shade = np.linspace(0.85, 1.15, height)[:, None, None]  # a vertical gradient, so the background is not flat
+    background = np.clip(np.array(BACKGROUNDS[attributes.background]) * shade, 0, 255)
+    background = np.broadcast_to(background, (height, width, 3)).astype(np.float32)
+    empty = np.rint(background).astype(np.uint8)
+    colour = np.array(COLOURS[attributes.colour], np.float32)
+    frame = np.empty_like(empty)
+    for t in np.linspace(0.0, 1.0, motion.num_frames):
+        cx = motion.start[0] + t * (motion.end[0] - motion.start[0])
+        cy = motion.start[1] + t * (motion.end[1] - motion.start[1])
+        x0, x1 = max(int(cx - radius) - 2, 0), min(int(cx + radius) + 3, width)
+        y0, y1 = max(int(cy - radius) - 2, 0), min(int(cy + radius) + 3, height)
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        coverage = np.clip(0.5 - _signed_distance(attributes.shape, xs + 0.5 - cx, ys + 0.5 - cy, radius), 0, 1)
+        patch = background[y0:y1, x0:x1]
+        frame[:] = empty
+        frame[y0:y1, x0:x1] = np.rint(patch + coverage[..., None] * (colour - patch))
+        yield frame
+
+
+def write_video(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: int,
+    codec: str = "h264",
+    pix_fmt: str = "yuv420p",
+    codec_options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+) -> None:
+    """Encode RGB frames with PyAV; the container follows the file extension.
+
+    The encoder runs single-threaded, so the same frames give the same bytes.
+    """
+    import av
+
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps)
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = pix_fmt
+                stream.codec_context.thread_count = 1
+                stream.options = {"preset": "veryfast", "crf": "20"} if codec_options is None else codec_options
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def _write_clip(job: tuple[Path, ClipAttributes, ClipMotion, SynthOptions]) -> None:
+    path, attributes, motion, options = job
+    write_video(path, render_frames(attributes, motion, options.width, options.height), options.fps)
+
+
+def assign_splits(rng: np.random.Generator, options: SynthOptions) -> list[str]:
+    splits = [name for name, count in options.split_counts().items() for _ in range(count)]
+    return [splits[i] for i in rng.permutation(options.videos)]
+
+
+def plan_dataset(options: SynthOptions) -> list[tuple[str, ClipAttributes, ClipMotion, list[str]]]:
+    """(split, attributes, motion, captions) for every video; deterministic for the seed."""
+    rng = np.random.default_rng(options.seed)
+    splits = assign_splits(rng, options)
+    # Val and test clips take distinct combinations, so each of their captions
+    # names exactly one clip; train clips draw freely.
+    distinct = iter(rng.permutation(len(ALL_ATTRIBUTES)))
+    plan = []
+    for split in splits:
+        if split == "train":
+            attributes = ALL_ATTRIBUTES[rng.integers(len(ALL_ATTRIBUTES))]
+            templates = CAPTION_TEMPLATES[:TRAIN_CAPTIONS]
+        else:
+            attributes = ALL_ATTRIBUTES[next(distinct)]
+            templates = [CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]]
+        num_frames = int(rng.integers(options.min_frames, options.max_frames + 1))
+        radius = SIZES[attributes.size] * options.height
+        motion = draw_motion(rng, attributes.direction, radius, num_frames, options.width, options.height)
+        plan.append((split, attributes, motion, [attributes.caption(t) for t in templates]))
+    return plan
+
+
+@dataclass
+class SynthSummary:
+    manifest: Path
+    splits: dict[str, int]
+    seconds: float
+    skipped: bool
+
+    def line(self) -> str:
+        videos = sum(self.splits.values())
+        splits = ", ".join(f"{self.splits[name]} {name}" for name in SPLITS if self.splits.get(name))
+        if self.skipped:
+            return f"synth: nothing to do, {self.manifest.parent} already holds this dataset ({videos} videos: {splits})"
+        return (
+            f"synth: {videos} videos ({splits}) in {self.seconds:.1f} s, {videos / self.seconds:.1f} videos/s"
+            f" | manifest: {self.manifest}"
+        )
+
+
+def make_synthetic_dataset(
+    out_dir: Path | str, options: SynthOptions | None = None, force: bool = False, progress: bool = True
+) -> SynthSummary:
+    """Write ``out_dir/videos/*.mp4``, ``out_dir/manifest.jsonl`` and ``out_dir/synth.json``.
+
+    An existing dataset made with the same options is kept as it is; one made
+    with other options is replaced only with ``force``. synth.json is written
+    last, so its presence means the dataset is whole.
+    """
+    options = options or SynthOptions()
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.jsonl"
+    recorded = read_json(out_dir / "synth.json")
+    if recorded and not force:
+        if recorded["options"] != asdict(options):
+            raise VidretError(f"{out_dir} holds a synthetic dataset made with other options; pass --force to replace it")
+        return SynthSummary(manifest, recorded["splits"], 0.0, skipped=True)
+    (out_dir / "synth.json").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "videos", ignore_errors=True)
+    (out_dir / "videos").mkdir(parents=True)
+    start = time.perf_counter()
+    records, jobs = [], []
+    for number, (split, attributes, motion, captions) in enumerate(plan_dataset(options)):
+        video_id = f"synth{number:05d}"
+        relative = f"videos/{video_id}.mp4"
+        records.append({"video_id": video_id, "path": relative, "split": split, "captions": captions, **asdict(attributes)})
+        jobs.append((out_dir / relative, attributes, motion, options))
+    # One encoder per core; each clip's bytes depend only on its own job.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(len(os.sched_getaffinity(0)), mp_context=context) as pool:
+        done = pool.map(_write_clip, jobs, chunksize=4)
+        for _ in tqdm(done, total=len(jobs), desc="synth", unit="video", disable=not progress):
+            pass
+    write_manifest(manifest, records)
+    seconds = time.perf_counter() - start
+    splits = {name: sum(record["split"] == name for record in records) for name in SPLITS}
+    record = {"options": asdict(options), "splits": splits, "seconds": round(seconds, 2)}
+    write_json(out_dir / "synth.json", {**record, "libraries": library_versions("av", "numpy")})
+    return SynthSummary(manifest, splits, seconds, skipped=False)

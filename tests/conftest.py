@@ -1,0 +1,39 @@
+"""Session-wide test videos: good ones in several codecs and containers, and broken ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import CODECS, make_audio_only, make_video, pattern_frames
+from pipeline.synth import write_video
+
+
+@pytest.fixture(scope="session")
+def codec_videos(tmp_path_factory) -> dict[str, Path]:
+    """One 48-frame 320x240 clip per codec/container."""
+    folder = tmp_path_factory.mktemp("codecs")
+    return {kind: make_video(folder / f"{kind}.{ext}", kind) for kind, (_, _, ext) in CODECS.items()}
+
+
+@pytest.fixture(scope="session")
+def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """Broken inputs, each with the status decode must give it."""
+    folder = tmp_path_factory.mktemp("bad")
+    whole = make_video(folder / "whole.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # moov is at the end: cut off
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("this is a text file, not a video\n" * 20)
+    (folder / "folder.mp4").mkdir()
+    make_audio_only(folder / "audio.mp4")
+    write_video(folder / "av1.mkv", pattern_frames(8, 64, 48), 30, "libsvtav1", "yuv420p", {})
+    return {
+        "missing": (folder / "missing.mp4", "missing"),
+        "empty": (folder / "empty.mp4", "empty"),
+        "truncated": (folder / "truncated.mp4", "unreadable"),
+        "text": (folder / "text.mp4", "unreadable"),
+        "folder": (folder / "folder.mp4", "unreadable"),
+        "audio": (folder / "audio.mp4", "no_video"),
+        "av1": (folder / "av1.mkv", "unreadable"),  # a codec decord's FFmpeg lacks
+    }

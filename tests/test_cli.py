@@ -1,0 +1,70 @@
+"""The installed ``vidret`` command: summaries on stdout, one-line errors and exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from helpers import make_video
+
+VIDRET = Path(sys.executable).parent / "vidret"
+
+
+def vidret(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VIDRET), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_synth_manifest_check_and_decode(tmp_path):
+    made = vidret("synth", tmp_path / "data", "--videos", 10, "--seed", 1, "--no-progress")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("synth: 10 videos (7 train, 1 val, 2 test)")
+
+    checked = vidret("manifest", "check", tmp_path / "data" / "manifest.jsonl")
+    assert checked.returncode == 0
+    assert checked.stdout.strip().endswith("ok, 10 videos (7 train, 1 val, 2 test), 24 captions, missing video files: 0")
+
+    out = tmp_path / "run" / "frames"
+    decoded = vidret("decode", tmp_path / "data" / "manifest.jsonl", "--out", out, "--frames", 4, "--size", 32)
+    assert decoded.returncode == 0, decoded.stderr
+    assert decoded.stdout.startswith("decode: 10 videos in ") and "10 ok |" in decoded.stdout
+    assert f"output: {out}" in decoded.stdout
+    assert "decode: 100%" in decoded.stderr  # the progress bar
+    assert json.loads((out / "stage.json").read_text())["params"]["num_frames"] == 4
+
+    again = vidret("decode", tmp_path / "data" / "manifest.jsonl", "--out", out, "--frames", 4, "--size", 32)
+    assert again.returncode == 0 and again.stdout.startswith("decode: nothing to do")
+
+
+def test_failures_are_counted_and_exit_zero(tmp_path):
+    make_video(tmp_path / "good.mp4", num_frames=8)
+    (tmp_path / "bad.mp4").write_text("not a video")
+    records = [
+        {"video_id": "good", "path": "good.mp4", "split": "test", "captions": ["x"]},
+        {"video_id": "bad", "path": "bad.mp4", "split": "test", "captions": ["y"]},
+        {"video_id": "gone", "path": "gone.mp4", "split": "test", "captions": ["z"]},
+    ]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = vidret("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "3 videos in" in result.stdout and "1 ok, 1 missing, 1 unreadable" in result.stdout
+    assert pq.read_table(tmp_path / "frames" / "status.parquet").column("status").to_pylist() == ["ok", "unreadable", "missing"]
+
+
+def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"video_id": "a", "path": "a.mp4", "split": "test", "captions": ["x"]}\n{"video_id": "a"\n')
+    for args in [
+        ("manifest", "check", tmp_path / "m.jsonl"),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames"),
+        ("decode", tmp_path / "none.jsonl", "--out", tmp_path / "frames"),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--num-shards", 2, "--shard-index", 2),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--sampling", "random"),
+    ]:
+        result = vidret(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+    assert vidret("manifest", "check", tmp_path / "m.jsonl").stderr.startswith(f"error: {tmp_path / 'm.jsonl'}:2: invalid JSON")
+    assert not (tmp_path / "frames").exists()  # a refused run writes nothing

@@ -1,0 +1,281 @@
+"""The decode stage end to end: statuses, shards, resumption, timeouts, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import CODECS, make_video, read_video_or_crash, read_video_or_hang
+from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video
+from pipeline.errors import VidretError
+
+TESTS = Path(__file__).parent
+SPEC = FrameSpec(num_frames=4, size=64)  # small frames keep the tests fast
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, bad_videos) -> tuple[Path, dict[str, str]]:
+    """A manifest of 8 good videos in several codecs plus every broken input;
+    returns the manifest and the status each video must get."""
+    folder = tmp_path_factory.mktemp("corpus")
+    expected, lines = {}, []
+    kinds = ["h264-mp4", "mpeg4-avi", "vp9-webm", "mjpeg-mkv", "hevc-mkv", "h264-mp4", "h264-mp4", "mpeg4-avi"]
+    for number, kind in enumerate(kinds):
+        name = f"good{number}.{CODECS[kind][2]}"
+        make_video(folder / name, kind, width=160 + 16 * number, height=120, num_frames=20 + number)
+        lines.append((f"good{number}", name))
+        expected[f"good{number}"] = "ok"
+    for name, (path, status) in bad_videos.items():
+        lines.insert(len(lines) // 2, (f"bad-{name}", str(path)))  # failures in the middle of the order
+        expected[f"bad-{name}"] = status
+    manifest = folder / "manifest.jsonl"
+    records = [{"video_id": vid, "path": path, "split": "test", "captions": [f"video {vid}"]} for vid, path in lines]
+    records.append({"video_id": "train0", "path": "good0.mp4", "split": "train", "captions": ["a training video"]})
+    manifest.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return manifest, {vid: expected[vid] for vid, _ in lines}
+
+
+def options(**overrides) -> DecodeOptions:
+    return DecodeOptions(**{"spec": SPEC, "split": "test", "shard_size": 4, "workers": 2, **overrides})
+
+
+def read_parts(frames_dir: Path) -> pa.Table:
+    """The frame shards, read the way a user would (a glob of part files)."""
+    return pa.concat_tables(pq.read_table(part) for part in sorted(frames_dir.glob("part-*.parquet")))
+
+
+def part_bytes(frames_dir: Path) -> dict[str, bytes]:
+    return {part.name: part.read_bytes() for part in sorted(frames_dir.glob("part-*.parquet"))}
+
+
+def assert_complete(frames_dir: Path, expected: dict[str, str]) -> None:
+    """Exactly one status per video, and frames for exactly the ok ones, in manifest order."""
+    status = pq.read_table(frames_dir / "status.parquet").to_pydict()
+    assert status["video_id"] == list(expected)
+    assert dict(zip(status["video_id"], status["status"])) == expected
+    ok = [vid for vid, s in expected.items() if s == "ok"]
+    assert read_parts(frames_dir).column("video_id").to_pylist() == ok
+    assert json.loads((frames_dir / "stage.json").read_text())["input"]["videos"] == len(expected)
+
+
+def test_every_video_gets_one_status_and_ok_videos_get_their_frames(corpus, tmp_path):
+    manifest, expected = corpus
+    out = tmp_path / "frames"
+    summary = decode_videos(manifest, out, options(), progress=False)
+
+    assert_complete(out, expected)
+    failures = {vid: s for vid, s in expected.items() if s != "ok"}
+    assert summary.counts == {"ok": 8, **{s: list(failures.values()).count(s) for s in set(failures.values())}}
+    status = pq.read_table(out / "status.parquet").to_pylist()
+    for row in status:
+        assert (row["error"] == "") == (row["status"] == "ok"), row
+        assert row["seconds"] >= 0
+    # Frames are the bytes of read_video's array, with their shape and sampling alongside.
+    entries = {json.loads(line)["video_id"]: json.loads(line)["path"] for line in manifest.read_text().splitlines()}
+    for row in read_parts(out).to_pylist():
+        video = read_video(manifest.parent / entries[row["video_id"]], SPEC)
+        frames = np.frombuffer(row["frames"], np.uint8).reshape(row["num_frames"], row["height"], row["width"], 3)
+        assert np.array_equal(frames, video.frames)
+        assert row["frame_indices"] == video.frame_indices
+        assert row["source_num_frames"] == video.source_num_frames and row["fps"] == pytest.approx(30.0)
+    # One row group per video, so any one video can be read alone.
+    for part in out.glob("part-*.parquet"):
+        metadata = pq.ParquetFile(part).metadata
+        assert metadata.num_row_groups == metadata.num_rows
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["counts"] == dict(summary.counts)
+    assert stage["params"] == {"num_frames": 4, "size": 64, "short_side": 73, "sampling": "uniform", "split": "test", "shard_size": 4}
+    assert stage["output"]["parts"] == 4 and stage["throughput"]["videos"] == len(expected)
+    assert stage["libraries"]["decord"] == "0.6.0"
+    line = summary.line()
+    assert "15 videos" in line and "8 ok" in line and "videos/s" in line and "frames/s" in line and str(out) in line
+
+
+def test_users_read_the_shards_with_duckdb_and_pandas(corpus, tmp_path):
+    import duckdb
+    import pandas as pd
+
+    manifest, expected = corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, options(), progress=False)
+    parts = str(out / "part-*.parquet")
+    one = duckdb.sql(f"SELECT frames, num_frames, height, width FROM '{parts}' WHERE video_id = 'good3'").fetchall()
+    assert len(one) == 1
+    frames, num_frames, height, width = one[0]
+    assert np.frombuffer(frames, np.uint8).reshape(num_frames, height, width, 3).shape == (4, 64, 64, 3)
+    counts = dict(duckdb.sql(f"SELECT status, count(*) FROM '{out / 'status.parquet'}' GROUP BY status").fetchall())
+    assert counts["ok"] == 8 and sum(counts.values()) == len(expected)
+    table = pd.read_parquet(out / "part-00000.parquet")
+    assert list(table.columns) == ["video_id", "frames", "num_frames", "height", "width", "frame_indices", "source_num_frames", "fps"]
+    assert isinstance(table.loc[0, "frames"], bytes)
+
+
+def test_split_selects_videos(corpus, tmp_path):
+    manifest, _ = corpus
+    decode_videos(manifest, tmp_path / "frames", options(split="train"), progress=False)
+    assert pq.read_table(tmp_path / "frames" / "status.parquet").column("video_id").to_pylist() == ["train0"]
+
+
+def test_two_runs_write_identical_shards(corpus, tmp_path):
+    manifest, _ = corpus
+    decode_videos(manifest, tmp_path / "a", options(), progress=False)
+    decode_videos(manifest, tmp_path / "b", options(workers=1), progress=False)
+    assert part_bytes(tmp_path / "a") == part_bytes(tmp_path / "b")
+    assert len(part_bytes(tmp_path / "a")) == 4
+
+
+def test_rerun_with_nothing_to_do_is_skipped(corpus, tmp_path):
+    manifest, _ = corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, options(), progress=False)
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*.parquet")}
+    summary = decode_videos(manifest, out, options(), progress=False)
+    assert summary.chunks_run == 0 and summary.complete
+    assert "nothing to do" in summary.line()
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*.parquet")} == before
+
+
+def test_rerun_redoes_only_uncommitted_and_changed_chunks(corpus, tmp_path):
+    manifest, expected = corpus
+    work = tmp_path / "work"
+    shutil.copytree(manifest.parent, work)
+    manifest = work / "manifest.jsonl"
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, options(), progress=False)
+    shards = part_bytes(out)
+
+    # A chunk whose commit marker is gone (a run killed before committing it) is redone...
+    (out / "_chunks" / "part-00002.status.parquet").unlink()
+    (out / "part-00002.parquet").unlink()
+    summary = decode_videos(manifest, out, options(), progress=False)
+    assert (summary.chunks_run, summary.chunks_already_committed) == (1, 3)
+    assert part_bytes(out) == shards
+    assert_complete(out, expected)
+
+    # ...and so is a chunk one of whose videos was replaced.
+    make_video(work / "good0.mp4", width=200, height=150, num_frames=30)
+    summary = decode_videos(manifest, out, options(), progress=False)
+    assert (summary.chunks_run, summary.chunks_already_committed) == (1, 3)
+    assert part_bytes(out)["part-00000.parquet"] != shards["part-00000.parquet"]
+    assert {name for name, data in part_bytes(out).items() if data != shards[name]} == {"part-00000.parquet"}
+    assert_complete(out, expected)
+
+
+def test_other_parameters_are_refused_unless_forced(corpus, tmp_path):
+    manifest, expected = corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, options(), progress=False)
+    with pytest.raises(VidretError, match=r"other parameters \(num_frames 4 -> 6\).*--force"):
+        decode_videos(manifest, out, options(spec=FrameSpec(num_frames=6, size=64)), progress=False)
+    assert_complete(out, expected)  # the refusal touched nothing
+
+    decode_videos(manifest, out, options(spec=FrameSpec(num_frames=6, size=64), force=True), progress=False)
+    assert_complete(out, expected)
+    assert set(read_parts(out).column("num_frames").to_pylist()) == {6}
+
+
+def test_a_hanging_video_is_killed_at_the_timeout_and_costs_only_itself(tmp_path):
+    for name in ["a.mp4", "hang.mp4", "b.mp4", "c.mp4"]:
+        make_video(tmp_path / name, num_frames=12)
+    manifest = tmp_path / "manifest.jsonl"
+    ids = ["hang", "a", "b", "c"]  # the hanging video first: the others finish before it and must wait
+    records = [{"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ids]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    start = time.monotonic()
+    summary = decode_videos(manifest, tmp_path / "frames", options(timeout=2.0), reader=read_video_or_hang, progress=False)
+    assert time.monotonic() - start < 30
+    assert summary.counts == {"ok": 3, "timeout": 1}
+    assert_complete(tmp_path / "frames", {"hang": "timeout", "a": "ok", "b": "ok", "c": "ok"})
+    row = pq.read_table(tmp_path / "frames" / "status.parquet").to_pylist()[0]
+    assert "no result within 2 s" in row["error"] and row["seconds"] >= 2.0
+
+
+def test_a_crashing_decoder_costs_only_its_video(tmp_path):
+    for name in ["a.mp4", "crash.mp4", "b.mp4"]:
+        make_video(tmp_path / name, num_frames=12)
+    manifest = tmp_path / "manifest.jsonl"
+    records = [{"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ["a", "crash", "b"]]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = decode_videos(manifest, tmp_path / "frames", options(workers=1), reader=read_video_or_crash, progress=False)
+    assert summary.counts == {"ok": 2, "crashed": 1}
+    assert_complete(tmp_path / "frames", {"a": "ok", "crash": "crashed", "b": "ok"})
+    assert "SIGSEGV" in pq.read_table(tmp_path / "frames" / "status.parquet").to_pylist()[1]["error"]
+
+
+def test_kill_9_then_rerun_completes_without_duplicates(corpus, tmp_path):
+    manifest, expected = corpus
+    out = tmp_path / "frames"
+    run = (
+        "from pipeline.decode import DecodeOptions, FrameSpec, decode_videos\n"
+        "from helpers import read_video_slowly\n"
+        f"decode_videos({str(manifest)!r}, {str(out)!r}, DecodeOptions(spec=FrameSpec(num_frames=4, size=64),"
+        " split='test', shard_size=2, workers=1), reader=read_video_slowly, progress=False)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", run], env=env)
+    deadline = time.monotonic() + 60
+    while len(list((out / "_chunks").glob("*.parquet"))) < 2:  # let it commit some chunks, then kill it
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.kill()
+    assert process.wait() == -9
+    assert not (out / "stage.json").exists() and not (out / "status.parquet").exists()
+
+    summary = decode_videos(manifest, out, options(shard_size=2), progress=False)
+    assert summary.chunks_already_committed >= 2
+    assert summary.chunks_run + summary.chunks_already_committed == 8
+    assert_complete(out, expected)
+    assert not [path for path in out.rglob(".*") if path.is_file()], "temporary files left behind"
+
+
+def test_shards_merge_into_the_single_run_result(corpus, tmp_path):
+    manifest, expected = corpus
+    decode_videos(manifest, tmp_path / "single", options(), progress=False)
+
+    # Two machines sharing one directory: the first leaves it incomplete, the second completes it.
+    shared = tmp_path / "shared"
+    first = decode_videos(manifest, shared, options(num_shards=2, shard_index=0), progress=False)
+    assert not first.complete and not (shared / "stage.json").exists()
+    assert "2 of 4 chunks of the split are committed" in first.line()
+    second = decode_videos(manifest, shared, options(num_shards=2, shard_index=1), progress=False)
+    assert second.complete
+    assert_complete(shared, expected)
+    assert part_bytes(shared) == part_bytes(tmp_path / "single")
+
+    # Two machines with their own directories, copied together afterwards: no name clashes,
+    # and any rerun over the union writes the merged status without decoding again.
+    for index in (0, 1):
+        decode_videos(manifest, tmp_path / f"machine{index}", options(num_shards=2, shard_index=index), progress=False)
+    names = [{str(p.relative_to(tmp_path / f"machine{i}")) for p in (tmp_path / f"machine{i}").rglob("*.parquet")} for i in (0, 1)]
+    assert not names[0] & names[1]
+    merged = tmp_path / "merged"
+    for index in (0, 1):
+        shutil.copytree(tmp_path / f"machine{index}", merged, dirs_exist_ok=True)
+    summary = decode_videos(manifest, merged, options(), progress=False)
+    assert summary.chunks_run == 0 and summary.complete
+    assert_complete(merged, expected)
+    assert part_bytes(merged) == part_bytes(tmp_path / "single")
+
+
+def test_bad_options_are_errors(corpus, tmp_path):
+    manifest, _ = corpus
+    with pytest.raises(VidretError, match="--shard-index must be in"):
+        options(num_shards=2, shard_index=2)
+    with pytest.raises(VidretError, match="--shard-size must be at least 1"):
+        options(shard_size=0)
+    with pytest.raises(VidretError, match="short side 100 is smaller than the crop size 224"):
+        FrameSpec(short_side=100)
+    with pytest.raises(VidretError, match="no such manifest file"):
+        decode_videos(tmp_path / "none.jsonl", tmp_path / "frames", options(), progress=False)
+    with pytest.raises(VidretError, match="no videos in split 'val'"):
+        decode_videos(manifest, tmp_path / "frames", options(split="val"), progress=False)

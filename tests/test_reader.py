@@ -1,0 +1,128 @@
+"""read_video against a PyAV reference, across codecs, containers and geometries."""
+
+import numpy as np
+import pytest
+
+from helpers import make_video
+from pipeline.decode.reader import FrameSpec, VideoError, read_video, resized_size
+from pipeline.decode.sampling import sample_frame_indices
+
+# Decoding itself is exact (both use FFmpeg's decoders); the tolerance covers
+# resampling: decord scales inside its filter graph, the reference with
+# swscale's bilinear filter. Measured over these tests' codecs, geometries and
+# sizes: mean |difference| 0.0-0.6 grey levels, PSNR 38 dB or more.
+MAX_MEAN_ABS_DIFF = 1.5
+MIN_PSNR_DB = 33.0
+
+
+def reference_frames(path, indices, spec):
+    """Decode every frame with PyAV, keep `indices`, resize the short side
+    (bilinear, mmcv's rounding) and centre-crop: an independent path to the
+    pixels read_video should produce."""
+    import av
+
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    frames = []
+    for index in indices:
+        frame = decoded[index]
+        scale = spec.short_side / min(frame.width, frame.height)
+        width, height = int(frame.width * scale + 0.5), int(frame.height * scale + 0.5)
+        image = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+        top, left = (height - spec.size) // 2, (width - spec.size) // 2
+        frames.append(image[top : top + spec.size, left : left + spec.size])
+    return np.stack(frames), len(decoded)
+
+
+def difference(a, b):
+    error = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    psnr = 10 * np.log10(255**2 / max(np.mean(error**2), 1e-12))
+    return error.mean(), psnr
+
+
+def assert_matches_reference(path, spec):
+    video = read_video(path, spec)
+    reference, decoded_count = reference_frames(path, video.frame_indices, spec)
+    assert video.frames.shape == (spec.num_frames, spec.size, spec.size, 3) and video.frames.dtype == np.uint8
+    assert video.frame_indices == sample_frame_indices(decoded_count, spec.num_frames, spec.sampling)
+    assert video.source_num_frames == decoded_count and video.note == ""
+    assert within_tolerance(video.frames, reference), difference(video.frames, reference)
+    # The check can fail: the neighbouring frames are outside the tolerance.
+    shifted, _ = reference_frames(path, [min(i + 1, decoded_count - 1) for i in video.frame_indices], spec)
+    assert not within_tolerance(video.frames, shifted), difference(video.frames, shifted)
+    return video
+
+
+def within_tolerance(frames, reference):
+    mean_abs, psnr = difference(frames, reference)
+    return mean_abs <= MAX_MEAN_ABS_DIFF and psnr >= MIN_PSNR_DB
+
+
+@pytest.mark.parametrize("kind", ["h264-mp4", "mpeg4-avi", "vp9-webm", "mjpeg-mkv", "hevc-mkv"])
+def test_every_codec_and_container_matches_a_pyav_reference(codec_videos, kind):
+    video = assert_matches_reference(codec_videos[kind], FrameSpec())
+    assert video.fps == pytest.approx(30.0)
+    assert video.source_num_frames == 48
+
+
+@pytest.mark.parametrize(
+    "width, height, kind",
+    [(240, 320, "h264-mp4"), (321, 241, "mpeg4-avi"), (1920, 1080, "h264-mp4"), (224, 224, "mjpeg-mkv")],
+    ids=["portrait", "odd-size", "1080p", "exactly-224"],
+)
+def test_odd_geometries(tmp_path, width, height, kind):
+    path = make_video(tmp_path / f"{width}x{height}.{kind.split('-')[1]}", kind, width, height, num_frames=16)
+    assert_matches_reference(path, FrameSpec())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FrameSpec(num_frames=8, size=112),  # MMAction2's ratio: short side 128
+        FrameSpec(short_side=224),  # CLIP4Clip's resize
+        FrameSpec(num_frames=64, sampling="linspace"),  # more frames than the video has
+    ],
+    ids=["small", "clip4clip-resize", "linspace-64"],
+)
+def test_frame_spec_options(codec_videos, spec):
+    assert_matches_reference(codec_videos["h264-mp4"], spec)
+
+
+def test_default_resize_is_mmaction2_short_side_256():
+    assert FrameSpec().short_side == 256
+    assert FrameSpec(size=112).short_side == 128
+    assert resized_size(320, 240, 256) == (341, 256)  # 320 * 256 / 240 = 341.33
+    assert resized_size(1920, 1080, 256) == (455, 256)  # 455.11
+    assert resized_size(241, 321, 256) == (256, 341)  # 340.98 rounds up
+
+
+@pytest.mark.parametrize("name", ["missing", "empty", "truncated", "text", "folder", "audio", "av1"])
+def test_bad_inputs_raise_video_error_with_status_and_path(bad_videos, name):
+    path, status = bad_videos[name]
+    with pytest.raises(VideoError) as raised:
+        read_video(path, FrameSpec())
+    assert raised.value.status == status
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_damaged_tail_samples_only_frames_that_decode(tmp_path):
+    """The container lists every frame but the end of the data is garbage:
+    decoding must fall back to the frames that really decode."""
+    intact = make_video(tmp_path / "intact.mp4", num_frames=90)
+    path = tmp_path / "damaged.mp4"
+    data = bytearray(intact.read_bytes())
+    mdat = data.index(b"mdat") - 4
+    size = int.from_bytes(data[mdat : mdat + 4], "big")
+    cut = mdat + 8 + int((size - 8) * 0.6)
+    data[cut : mdat + size] = np.random.default_rng(0).integers(0, 256, mdat + size - cut, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+    video = read_video(path, FrameSpec())
+    assert video.source_num_frames == 90
+    assert "lists 90 frames but only the first" in video.note
+    decodable = int(video.note.split("only the first ")[1].split()[0])
+    assert 0 < decodable < 90
+    assert video.frame_indices == sample_frame_indices(decodable, 12)
+    # The frames kept are those of the undamaged file.
+    reference, _ = reference_frames(intact, video.frame_indices, FrameSpec())
+    assert within_tolerance(video.frames, reference), difference(video.frames, reference)
