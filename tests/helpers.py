@@ -96,3 +96,14 @@ def read_video_slowly(path: Path, spec: FrameSpec) -> DecodedVideo:
     """read_video taking at least 0.1 s, so a test can kill a run midway."""
     time.sleep(0.1)
     return read_video(path, spec)
+
+
+def read_video_when_released(path: Path, spec: FrameSpec) -> DecodedVideo:
+    """read_video that first says it is waiting (a file ``waiting`` next to the
+    video), then waits for a file ``release`` there: lets a test hold a run
+    in the middle of its work."""
+    folder = Path(path).parent
+    (folder / "waiting").touch()
+    while not (folder / "release").exists():
+        time.sleep(0.01)
+    return read_video(path, spec)

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import CODECS, make_video, read_video_or_crash, read_video_or_hang
+import threading
+
+from helpers import CODECS, make_video, read_video_or_crash, read_video_or_hang, read_video_when_released
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video
 from pipeline.errors import VidretError
 
@@ -265,6 +267,34 @@ def test_shards_merge_into_the_single_run_result(corpus, tmp_path):
     assert summary.chunks_run == 0 and summary.complete
     assert_complete(merged, expected)
     assert part_bytes(merged) == part_bytes(tmp_path / "single")
+
+
+def test_shards_running_at_the_same_time_leave_a_complete_directory(tmp_path):
+    """Shard 1 plans its work, shard 0 then runs to the end; shard 1, finishing
+    last, must see shard 0's chunks and write the merged status."""
+    ids = [f"v{number}" for number in range(8)]
+    for video_id in ids:
+        make_video(tmp_path / f"{video_id}.mp4", num_frames=8)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"video_id": v, "path": f"{v}.mp4", "split": "test", "captions": ["x"]}) + "\n" for v in ids))
+    out = tmp_path / "frames"
+    results = {}
+    held = threading.Thread(
+        target=lambda: results.update(
+            late=decode_videos(manifest, out, options(shard_size=2, num_shards=2, shard_index=1), read_video_when_released, False)
+        )
+    )
+    held.start()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "waiting").exists():
+        assert time.monotonic() < deadline and held.is_alive()
+        time.sleep(0.01)
+    early = decode_videos(manifest, out, options(shard_size=2, num_shards=2, shard_index=0), progress=False)
+    assert not early.complete
+    (tmp_path / "release").touch()
+    held.join(timeout=60)
+    assert results["late"].complete
+    assert_complete(out, dict.fromkeys(ids, "ok"))
 
 
 def test_bad_options_are_errors(corpus, tmp_path):

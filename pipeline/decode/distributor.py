@@ -139,15 +139,33 @@ def _file_identity(path: Path) -> tuple[int, int]:
     return (file_stat.st_size, file_stat.st_mtime_ns) if file_stat else (-1, -1)
 
 
-def _is_committed(out_dir: Path, chunk: Chunk) -> bool:
-    """The chunk's marker holds its current key, and its part file is in place."""
-    marker = read_marker_metadata(marker_path(out_dir, chunk.index))
-    return marker is not None and marker[0] == chunk.key and part_path(out_dir, chunk.index).exists()
+def _read_markers(out_dir: Path) -> dict[int, tuple[str, dict]]:
+    """Chunk index -> (key, parameters) of every commit marker in ``out_dir``."""
+    markers = {}
+    for path in (out_dir / CHUNKS_DIR).glob("part-*.status.parquet"):
+        metadata = read_marker_metadata(path)
+        if metadata is not None:
+            markers[_chunk_index(path)] = metadata
+    return markers
+
+
+def _chunk_index(path: Path) -> int:
+    """The chunk number in a part file's or a marker's name."""
+    return int(path.name.split(".")[0].removeprefix("part-"))
+
+
+def _committed(out_dir: Path, chunks: list[Chunk]) -> set[int]:
+    """Chunks whose marker holds their current key and whose part file is in place."""
+    markers = _read_markers(out_dir)
+    return {
+        chunk.index
+        for chunk in chunks
+        if chunk.index in markers and markers[chunk.index][0] == chunk.key and part_path(out_dir, chunk.index).exists()
+    }
 
 
 def _refuse_other_parameters(out_dir: Path, params: dict) -> None:
-    for marker in sorted((out_dir / CHUNKS_DIR).glob("part-*.status.parquet")):
-        _, old = read_marker_metadata(marker)
+    for _, old in _read_markers(out_dir).values():
         if old != params:
             changes = ", ".join(
                 f"{name} {old.get(name)!r} -> {params.get(name)!r}"
@@ -193,16 +211,17 @@ def decode_videos(
         clear_outputs(out_dir)
     _refuse_other_parameters(out_dir, params)
 
-    committed = {chunk.index for chunk in chunks if _is_committed(out_dir, chunk)}
     mine = [chunk for chunk in chunks if chunk.index % options.num_shards == options.shard_index]
-    todo = [chunk for chunk in mine if chunk.index not in committed]
+    todo = [chunk for chunk in mine if chunk.index not in _committed(out_dir, mine)]
     counts, frames, seconds = Counter(), 0, 0.0
     if todo:
         # The directory is about to change: it is no longer the one stage.json describes.
         remove_stage(out_dir)
         (out_dir / STATUS_FILE).unlink(missing_ok=True)
         counts, frames, seconds = _decode_chunks(todo, out_dir, options, params, reader, progress)
-        committed.update(chunk.index for chunk in todo)
+    # Look again: runs of other shards may have committed chunks meanwhile, and
+    # the last run to finish must see them all to write the merged status.
+    committed = _committed(out_dir, chunks)
     summary = DecodeSummary(
         out_dir, counts, frames, seconds, len(todo), len(mine) - len(todo), len(committed), len(chunks), len(entries), shard
     )
@@ -277,11 +296,10 @@ def _finish(
 ) -> None:
     """Every chunk is committed: write status.parquet and, last, stage.json."""
     status = merge_status(out_dir, chunks)
-    for stale in out_dir.glob("part-*.parquet"):  # chunks of an earlier, longer manifest
-        index = int(stale.stem.removeprefix("part-"))
-        if index >= len(chunks):
-            stale.unlink()
-            marker_path(out_dir, index).unlink(missing_ok=True)
+    written = [*out_dir.glob("part-*.parquet"), *(out_dir / CHUNKS_DIR).glob("part-*.parquet")]
+    for index in {_chunk_index(path) for path in written} - {chunk.index for chunk in chunks}:
+        part_path(out_dir, index).unlink(missing_ok=True)  # a chunk of an earlier, longer manifest
+        marker_path(out_dir, index).unlink(missing_ok=True)
     counts = Counter(status.column("status").to_pylist())
     throughput = None
     if summary.chunks_run:
