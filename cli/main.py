@@ -94,7 +94,7 @@ def decode(
         spec=FrameSpec(num_frames=frames, size=size, short_side=short_side, sampling=sampling),
         split=split,
         shard_size=shard_size,
-        workers=workers or default_workers(),
+        workers=default_workers() if workers is None else workers,
         timeout=timeout,
         num_shards=num_shards,
         shard_index=shard_index,

@@ -60,6 +60,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
         ("decode", tmp_path / "none.jsonl", "--out", tmp_path / "frames"),
         ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--num-shards", 2, "--shard-index", 2),
         ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--sampling", "random"),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--workers", 0),
     ]:
         result = vidret(*args)
         assert result.returncode == 1, (args, result.stderr)

@@ -303,6 +303,10 @@ def test_bad_options_are_errors(corpus, tmp_path):
         options(num_shards=2, shard_index=2)
     with pytest.raises(VidretError, match="--shard-size must be at least 1"):
         options(shard_size=0)
+    with pytest.raises(VidretError, match="--workers must be at least 1"):
+        options(workers=0)
+    with pytest.raises(VidretError, match="--timeout must be positive"):
+        options(timeout=0)
     with pytest.raises(VidretError, match="short side 100 is smaller than the crop size 224"):
         FrameSpec(short_side=100)
     with pytest.raises(VidretError, match="no such manifest file"):

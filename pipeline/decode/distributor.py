@@ -66,6 +66,10 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise VidretError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.workers < 1:
+            raise VidretError(f"--workers must be at least 1, got {self.workers}")
+        if self.timeout <= 0:
+            raise VidretError(f"--timeout must be positive, got {self.timeout}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise VidretError(
                 f"--shard-index must be in [0, {self.num_shards}) with --num-shards {self.num_shards},"

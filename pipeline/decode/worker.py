@@ -87,7 +87,7 @@ class _Worker:
         self.deadline = 0.0
         if not self.conn.poll(WORKER_START_TIMEOUT) or self._receive_ready() != "ready":
             self.kill()
-            raise VidretError(f"a decode worker failed to start (exit code {self.process.exitcode}); see {log_path}")
+            raise VidretError(f"a decode worker died or hung while starting; its output is in {log_path}")
 
     def _receive_ready(self):
         try:
@@ -112,10 +112,6 @@ class DecodePool:
     """``num_workers`` processes, each decoding one video at a time under ``timeout`` seconds."""
 
     def __init__(self, num_workers: int, spec: FrameSpec, timeout: float, log_path: Path, reader: Reader = read_video):
-        if num_workers < 1:
-            raise VidretError(f"--workers must be at least 1, got {num_workers}")
-        if timeout <= 0:
-            raise VidretError(f"--timeout must be positive, got {timeout}")
         # forkserver: workers fork from a clean, single-threaded server with the
         # decoders preloaded, never from this process and its pyarrow threads.
         self._context = multiprocessing.get_context("forkserver")
@@ -135,10 +131,6 @@ class DecodePool:
     @property
     def idle(self) -> int:
         return sum(worker.task is None for worker in self._workers)
-
-    @property
-    def busy(self) -> int:
-        return len(self._workers) - self.idle
 
     def submit(self, task: DecodeTask) -> None:
         worker = next(worker for worker in self._workers if worker.task is None)
