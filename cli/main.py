@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -40,8 +40,10 @@ def reports_errors(command):
 @manifest_app.command("check")
 @reports_errors
 def manifest_check(
-    manifest: Path = typer.Argument(..., help="The manifest file (.jsonl)."),
-    video_root: Optional[Path] = typer.Option(None, help="Resolve relative video paths here instead of next to the manifest."),
+    manifest: Annotated[Path, typer.Argument(help="The manifest file (.jsonl).")],
+    video_root: Annotated[
+        Path | None, typer.Option(help="Resolve relative video paths here, not next to the manifest.")
+    ] = None,
 ) -> None:
     """Validate a manifest; report videos per split and missing video files."""
     from pipeline.manifest import describe_manifest, read_manifest
@@ -52,11 +54,11 @@ def manifest_check(
 @app.command()
 @reports_errors
 def synth(
-    out: Path = typer.Argument(..., help="Output folder: videos/, manifest.jsonl, synth.json."),
-    videos: int = typer.Option(200, help="Number of videos (20% test, 10% val, the rest train)."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
-    force: bool = typer.Option(False, help="Replace a dataset made with other options."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    out: Annotated[Path, typer.Argument(help="Output folder: videos/, manifest.jsonl, synth.json.")],
+    videos: Annotated[int, typer.Option(help="Number of videos (20% test, 10% val, the rest train).")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace a dataset made with other options.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Write the built-in synthetic dataset: H.264 clips of moving shapes, with captions."""
     from pipeline.synth import SynthOptions, make_synthetic_dataset
@@ -68,23 +70,30 @@ def synth(
 @app.command()
 @reports_errors
 def decode(
-    manifest: Path = typer.Argument(..., help="The manifest file (.jsonl)."),
-    out: Path = typer.Option(..., "--out", help="Output folder, conventionally RUN/frames."),
-    split: str = typer.Option("all", help="all, or one or more of train,val,test (comma-separated)."),
-    frames: int = typer.Option(12, help="Frames sampled per video."),
-    size: int = typer.Option(224, help="Side of the square centre crop, in pixels."),
-    short_side: Optional[int] = typer.Option(
-        None, help="Resize the short side to this before cropping [default: size*256/224, as MMAction2; CLIP4Clip: size]."
-    ),
-    sampling: str = typer.Option("uniform", help="uniform (MMAction2 UniformSample, test mode) or linspace (CLIP4Clip)."),
-    workers: Optional[int] = typer.Option(None, help="Decoder processes [default: one per available core]."),
-    timeout: float = typer.Option(60.0, help="Seconds per video before its decoder process is killed."),
-    shard_size: int = typer.Option(100, help="Videos per Parquet part file (the unit of resumption)."),
-    num_shards: int = typer.Option(1, help="Split the work over this many independent runs (machines)."),
-    shard_index: int = typer.Option(0, help="Which of the --num-shards runs this is, from 0."),
-    video_root: Optional[Path] = typer.Option(None, help="Resolve relative video paths here instead of next to the manifest."),
-    force: bool = typer.Option(False, help="Delete what an earlier decode wrote to --out and start again."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    manifest: Annotated[Path, typer.Argument(help="The manifest file (.jsonl).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/frames.")],
+    split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = "all",
+    frames: Annotated[int, typer.Option(help="Frames sampled per video.")] = 12,
+    size: Annotated[int, typer.Option(help="Side of the square centre crop, in pixels.")] = 224,
+    short_side: Annotated[
+        int | None,
+        typer.Option(
+            help="Resize the short side to this before cropping [default: size*256/224 as MMAction2; CLIP4Clip: size]."
+        ),
+    ] = None,
+    sampling: Annotated[
+        str, typer.Option(help="uniform (MMAction2 UniformSample, test mode) or linspace (CLIP4Clip).")
+    ] = "uniform",
+    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: one per available core].")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per video before its decoder process is killed.")] = 60.0,
+    shard_size: Annotated[int, typer.Option(help="Videos per Parquet part file (the unit of resumption).")] = 100,
+    num_shards: Annotated[int, typer.Option(help="Split the work over this many independent runs (machines).")] = 1,
+    shard_index: Annotated[int, typer.Option(help="Which of the --num-shards runs this is, from 0.")] = 0,
+    video_root: Annotated[
+        Path | None, typer.Option(help="Resolve relative video paths here, not next to the manifest.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Delete what an earlier decode wrote to --out and start again.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Sample frames from every video with decord and write them to Parquet shards."""
     from pipeline.decode import DecodeOptions, FrameSpec, decode_videos

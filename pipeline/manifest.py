@@ -49,40 +49,47 @@ def read_manifest(manifest: Path | str, video_root: Path | str | None = None) ->
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-
-        def fail(problem: str) -> ManifestError:
-            return ManifestError(f"{manifest}:{number}: {problem}")
-
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise fail("not valid UTF-8") from None
-        except json.JSONDecodeError as error:
-            raise fail(f"invalid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise fail(f"expected a JSON object, got {type(record).__name__}")
-        missing = [field for field in REQUIRED_FIELDS if field not in record]
-        if missing:
-            raise fail(f"missing field {', '.join(repr(field) for field in missing)}")
-        video_id, path, split, captions = (record[field] for field in REQUIRED_FIELDS)
-        if not isinstance(video_id, str) or not video_id.strip():
-            raise fail("'video_id' must be a non-empty string")
-        if video_id in first_line_of:
-            raise fail(f"duplicate video_id {video_id!r} (first on line {first_line_of[video_id]})")
-        if not isinstance(path, str) or not path.strip():
-            raise fail("'path' must be a non-empty string")
-        if split not in SPLITS:
-            raise fail(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
-        if not isinstance(captions, list) or not captions:
-            raise fail("'captions' must be a non-empty list of strings")
-        for caption in captions:
-            if not isinstance(caption, str) or not caption.strip():
-                raise fail(f"empty or non-string caption {caption!r}")
-        first_line_of[video_id] = number
-        entries.append(ManifestEntry(video_id, (base / path).absolute(), split, tuple(captions)))
+            entry = _parse_line(raw, base)
+            if entry.video_id in first_line_of:
+                raise ValueError(
+                    f"duplicate video_id {entry.video_id!r} (first on line {first_line_of[entry.video_id]})"
+                )
+        except ValueError as problem:
+            raise ManifestError(f"{manifest}:{number}: {problem}") from None
+        first_line_of[entry.video_id] = number
+        entries.append(entry)
     if not entries:
         raise ManifestError(f"{manifest}: the manifest has no videos")
     return entries
+
+
+def _parse_line(raw: bytes, base: Path) -> ManifestEntry:
+    """One manifest line as an entry; ValueError says what is wrong with it."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not valid UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise ValueError(f"missing field {', '.join(repr(field) for field in missing)}")
+    video_id, path, split, captions = (record[field] for field in REQUIRED_FIELDS)
+    if not isinstance(video_id, str) or not video_id.strip():
+        raise ValueError("'video_id' must be a non-empty string")
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError("'path' must be a non-empty string")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    if not isinstance(captions, list) or not captions:
+        raise ValueError("'captions' must be a non-empty list of strings")
+    for caption in captions:
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"empty or non-string caption {caption!r}")
+    return ManifestEntry(video_id, (base / path).absolute(), split, tuple(captions))
 
 
 def parse_splits(split: str) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ means the directory is whole; a run that changes the output removes it first.
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def read_stage(directory: Path) -> dict | None:
 
 
 def write_stage(directory: Path, record: dict) -> None:
-    write_json(directory / STAGE_FILE, {**record, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json(directory / STAGE_FILE, {**record, "finished": datetime.now(UTC).isoformat(timespec="seconds")})
 
 
 def remove_stage(directory: Path) -> None:

@@ -65,7 +65,9 @@ class ClipAttributes:
         return template.format(**asdict(self))
 
 
-ALL_ATTRIBUTES = [ClipAttributes(*combo) for combo in itertools.product(COLOURS, SHAPES, SIZES, BACKGROUNDS, DIRECTIONS)]
+ALL_ATTRIBUTES = [
+    ClipAttributes(*combo) for combo in itertools.product(COLOURS, SHAPES, SIZES, BACKGROUNDS, DIRECTIONS)
+]
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class SynthOptions:
         return {"train": self.videos - sum(counts.values()), **counts}
 
 
-def draw_motion(rng: np.random.Generator, direction: str, radius: float, num_frames: int, width: int, height: int) -> ClipMotion:
+def draw_motion(
+    rng: np.random.Generator, direction: str, radius: float, num_frames: int, width: int, height: int
+) -> ClipMotion:
     """A straight path over at least 40% of the free span, in ``direction``.
 
     The segment is drawn the same way for every direction and only then
@@ -236,7 +240,9 @@ class SynthSummary:
         videos = sum(self.splits.values())
         splits = ", ".join(f"{self.splits[name]} {name}" for name in SPLITS if self.splits.get(name))
         if self.skipped:
-            return f"synth: nothing to do, {self.manifest.parent} already holds this dataset ({videos} videos: {splits})"
+            return (
+                f"synth: nothing to do, {self.manifest.parent} already holds this dataset ({videos} videos: {splits})"
+            )
         return (
             f"synth: {videos} videos ({splits}) in {self.seconds:.1f} s, {videos / self.seconds:.1f} videos/s"
             f" | manifest: {self.manifest}"
@@ -258,7 +264,9 @@ def make_synthetic_dataset(
     recorded = read_json(out_dir / "synth.json")
     if recorded and not force:
         if recorded["options"] != asdict(options):
-            raise VidretError(f"{out_dir} holds a synthetic dataset made with other options; pass --force to replace it")
+            raise VidretError(
+                f"{out_dir} holds a synthetic dataset made with other options; pass --force to replace it"
+            )
         return SynthSummary(manifest, recorded["splits"], 0.0, skipped=True)
     (out_dir / "synth.json").unlink(missing_ok=True)
     shutil.rmtree(out_dir / "videos", ignore_errors=True)
@@ -268,7 +276,9 @@ def make_synthetic_dataset(
     for number, (split, attributes, motion, captions) in enumerate(plan_dataset(options)):
         video_id = f"synth{number:05d}"
         relative = f"videos/{video_id}.mp4"
-        records.append({"video_id": video_id, "path": relative, "split": split, "captions": captions, **asdict(attributes)})
+        records.append(
+            {"video_id": video_id, "path": relative, "split": split, "captions": captions, **asdict(attributes)}
+        )
         jobs.append((out_dir / relative, attributes, motion, options))
     # One encoder per core; each clip's bytes depend only on its own job.
     context = multiprocessing.get_context("forkserver")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CODECS, make_audio_only, make_video, pattern_frames
 from pipeline.synth import write_video
+
+from helpers import CODECS, make_audio_only, make_video, pattern_frames
 
 
 @pytest.fixture(scope="session")

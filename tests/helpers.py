@@ -22,7 +22,11 @@ CODECS = {
     "mjpeg-mkv": ("mjpeg", "yuvj420p", "mkv"),
     "hevc-mkv": ("libx265", "yuv420p", "mkv"),
 }
-QUALITY = {"h264": {"crf": "12"}, "libx265": {"crf": "12", "x265-params": "log-level=error"}, "libvpx-vp9": {"crf": "10", "b": "0"}}
+QUALITY = {
+    "h264": {"crf": "12"},
+    "libx265": {"crf": "12", "x265-params": "log-level=error"},
+    "libvpx-vp9": {"crf": "10", "b": "0"},
+}
 
 
 def pattern_frames(num_frames: int, width: int, height: int) -> np.ndarray:
@@ -72,8 +76,6 @@ def write_test_manifest(path: Path, videos: dict[str, str], split: str = "test")
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
 
 
 def read_video_or_hang(path: Path, spec: FrameSpec) -> DecodedVideo:

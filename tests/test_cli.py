@@ -23,7 +23,9 @@ def test_synth_manifest_check_and_decode(tmp_path):
 
     checked = vidret("manifest", "check", tmp_path / "data" / "manifest.jsonl")
     assert checked.returncode == 0
-    assert checked.stdout.strip().endswith("ok, 10 videos (7 train, 1 val, 2 test), 24 captions, missing video files: 0")
+    assert checked.stdout.strip().endswith(
+        "ok, 10 videos (7 train, 1 val, 2 test), 24 captions, missing video files: 0"
+    )
 
     out = tmp_path / "run" / "frames"
     decoded = vidret("decode", tmp_path / "data" / "manifest.jsonl", "--out", out, "--frames", 4, "--size", 32)
@@ -49,11 +51,17 @@ def test_failures_are_counted_and_exit_zero(tmp_path):
     result = vidret("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "3 videos in" in result.stdout and "1 ok, 1 missing, 1 unreadable" in result.stdout
-    assert pq.read_table(tmp_path / "frames" / "status.parquet").column("status").to_pylist() == ["ok", "unreadable", "missing"]
+    assert pq.read_table(tmp_path / "frames" / "status.parquet").column("status").to_pylist() == [
+        "ok",
+        "unreadable",
+        "missing",
+    ]
 
 
 def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
-    (tmp_path / "m.jsonl").write_text('{"video_id": "a", "path": "a.mp4", "split": "test", "captions": ["x"]}\n{"video_id": "a"\n')
+    (tmp_path / "m.jsonl").write_text(
+        '{"video_id": "a", "path": "a.mp4", "split": "test", "captions": ["x"]}\n{"video_id": "a"\n'
+    )
     for args in [
         ("manifest", "check", tmp_path / "m.jsonl"),
         ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames"),
@@ -67,5 +75,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
         assert result.stdout == ""
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
-    assert vidret("manifest", "check", tmp_path / "m.jsonl").stderr.startswith(f"error: {tmp_path / 'm.jsonl'}:2: invalid JSON")
+    assert vidret("manifest", "check", tmp_path / "m.jsonl").stderr.startswith(
+        f"error: {tmp_path / 'm.jsonl'}:2: invalid JSON"
+    )
     assert not (tmp_path / "frames").exists()  # a refused run writes nothing

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,11 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import threading
-
-from helpers import CODECS, make_video, read_video_or_crash, read_video_or_hang, read_video_when_released
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video
 from pipeline.errors import VidretError
+
+from helpers import CODECS, make_video, read_video_or_crash, read_video_or_hang, read_video_when_released
 
 TESTS = Path(__file__).parent
 SPEC = FrameSpec(num_frames=4, size=64)  # small frames keep the tests fast
@@ -64,7 +64,7 @@ def assert_complete(frames_dir: Path, expected: dict[str, str]) -> None:
     """Exactly one status per video, and frames for exactly the ok ones, in manifest order."""
     status = pq.read_table(frames_dir / "status.parquet").to_pydict()
     assert status["video_id"] == list(expected)
-    assert dict(zip(status["video_id"], status["status"])) == expected
+    assert dict(zip(status["video_id"], status["status"], strict=True)) == expected
     ok = [vid for vid, s in expected.items() if s == "ok"]
     assert read_parts(frames_dir).column("video_id").to_pylist() == ok
     assert json.loads((frames_dir / "stage.json").read_text())["input"]["videos"] == len(expected)
@@ -96,7 +96,14 @@ def test_every_video_gets_one_status_and_ok_videos_get_their_frames(corpus, tmp_
         assert metadata.num_row_groups == metadata.num_rows
     stage = json.loads((out / "stage.json").read_text())
     assert stage["counts"] == dict(summary.counts)
-    assert stage["params"] == {"num_frames": 4, "size": 64, "short_side": 73, "sampling": "uniform", "split": "test", "shard_size": 4}
+    assert stage["params"] == {
+        "num_frames": 4,
+        "size": 64,
+        "short_side": 73,
+        "sampling": "uniform",
+        "split": "test",
+        "shard_size": 4,
+    }
     assert stage["output"]["parts"] == 4 and stage["throughput"]["videos"] == len(expected)
     assert stage["libraries"]["decord"] == "0.6.0"
     line = summary.line()
@@ -118,7 +125,16 @@ def test_users_read_the_shards_with_duckdb_and_pandas(corpus, tmp_path):
     counts = dict(duckdb.sql(f"SELECT status, count(*) FROM '{out / 'status.parquet'}' GROUP BY status").fetchall())
     assert counts["ok"] == 8 and sum(counts.values()) == len(expected)
     table = pd.read_parquet(out / "part-00000.parquet")
-    assert list(table.columns) == ["video_id", "frames", "num_frames", "height", "width", "frame_indices", "source_num_frames", "fps"]
+    assert list(table.columns) == [
+        "video_id",
+        "frames",
+        "num_frames",
+        "height",
+        "width",
+        "frame_indices",
+        "source_num_frames",
+        "fps",
+    ]
     assert isinstance(table.loc[0, "frames"], bytes)
 
 
@@ -194,7 +210,9 @@ def test_a_hanging_video_is_killed_at_the_timeout_and_costs_only_itself(tmp_path
     records = [{"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ids]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     start = time.monotonic()
-    summary = decode_videos(manifest, tmp_path / "frames", options(timeout=2.0), reader=read_video_or_hang, progress=False)
+    summary = decode_videos(
+        manifest, tmp_path / "frames", options(timeout=2.0), reader=read_video_or_hang, progress=False
+    )
     assert time.monotonic() - start < 30
     assert summary.counts == {"ok": 3, "timeout": 1}
     assert_complete(tmp_path / "frames", {"hang": "timeout", "a": "ok", "b": "ok", "c": "ok"})
@@ -206,9 +224,13 @@ def test_a_crashing_decoder_costs_only_its_video(tmp_path):
     for name in ["a.mp4", "crash.mp4", "b.mp4"]:
         make_video(tmp_path / name, num_frames=12)
     manifest = tmp_path / "manifest.jsonl"
-    records = [{"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ["a", "crash", "b"]]
+    records = [
+        {"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ["a", "crash", "b"]
+    ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = decode_videos(manifest, tmp_path / "frames", options(workers=1), reader=read_video_or_crash, progress=False)
+    summary = decode_videos(
+        manifest, tmp_path / "frames", options(workers=1), reader=read_video_or_crash, progress=False
+    )
     assert summary.counts == {"ok": 2, "crashed": 1}
     assert_complete(tmp_path / "frames", {"a": "ok", "crash": "crashed", "b": "ok"})
     assert "SIGSEGV" in pq.read_table(tmp_path / "frames" / "status.parquet").to_pylist()[1]["error"]
@@ -258,7 +280,10 @@ def test_shards_merge_into_the_single_run_result(corpus, tmp_path):
     # and any rerun over the union writes the merged status without decoding again.
     for index in (0, 1):
         decode_videos(manifest, tmp_path / f"machine{index}", options(num_shards=2, shard_index=index), progress=False)
-    names = [{str(p.relative_to(tmp_path / f"machine{i}")) for p in (tmp_path / f"machine{i}").rglob("*.parquet")} for i in (0, 1)]
+    names = [
+        {str(p.relative_to(tmp_path / f"machine{i}")) for p in (tmp_path / f"machine{i}").rglob("*.parquet")}
+        for i in (0, 1)
+    ]
     assert not names[0] & names[1]
     merged = tmp_path / "merged"
     for index in (0, 1):
@@ -276,12 +301,16 @@ def test_shards_running_at_the_same_time_leave_a_complete_directory(tmp_path):
     for video_id in ids:
         make_video(tmp_path / f"{video_id}.mp4", num_frames=8)
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps({"video_id": v, "path": f"{v}.mp4", "split": "test", "captions": ["x"]}) + "\n" for v in ids))
+    manifest.write_text(
+        "".join(json.dumps({"video_id": v, "path": f"{v}.mp4", "split": "test", "captions": ["x"]}) + "\n" for v in ids)
+    )
     out = tmp_path / "frames"
     results = {}
     held = threading.Thread(
         target=lambda: results.update(
-            late=decode_videos(manifest, out, options(shard_size=2, num_shards=2, shard_index=1), read_video_when_released, False)
+            late=decode_videos(
+                manifest, out, options(shard_size=2, num_shards=2, shard_index=1), read_video_when_released, False
+            )
         )
     )
     held.start()

@@ -17,7 +17,11 @@ def write_lines(path: Path, lines: list) -> Path:
 def test_reads_entries_and_resolves_paths_next_to_the_manifest(tmp_path):
     manifest = write_lines(
         tmp_path / "m.jsonl",
-        [GOOD, "", {**GOOD, "video_id": "v2", "path": "/abs/v2.mp4", "split": "test", "captions": ["a", "b"], "extra": 1}],
+        [
+            GOOD,
+            "",
+            {**GOOD, "video_id": "v2", "path": "/abs/v2.mp4", "split": "test", "captions": ["a", "b"], "extra": 1},
+        ],
     )
     first, second = read_manifest(manifest)
     assert first.video_id == "v1" and first.path == tmp_path / "videos" / "v1.mp4"
@@ -71,7 +75,8 @@ def test_missing_file_empty_manifest_and_invalid_utf8(tmp_path):
 
 def test_select_split(tmp_path):
     manifest = write_lines(
-        tmp_path / "m.jsonl", [GOOD, {**GOOD, "video_id": "v2", "split": "test"}, {**GOOD, "video_id": "v3", "split": "val"}]
+        tmp_path / "m.jsonl",
+        [GOOD, {**GOOD, "video_id": "v2", "split": "test"}, {**GOOD, "video_id": "v3", "split": "val"}],
     )
     entries = read_manifest(manifest)
     assert [e.video_id for e in select_split(entries, "all", manifest)] == ["v1", "v2", "v3"]
@@ -88,6 +93,9 @@ def test_describe_counts_splits_captions_and_missing_files(tmp_path):
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "v1.mp4").write_bytes(b"x")
     manifest = write_lines(
-        tmp_path / "m.jsonl", [GOOD, {**GOOD, "video_id": "v2", "path": "videos/v2.mp4", "split": "test", "captions": ["a", "b"]}]
+        tmp_path / "m.jsonl",
+        [GOOD, {**GOOD, "video_id": "v2", "path": "videos/v2.mp4", "split": "test", "captions": ["a", "b"]}],
     )
-    assert describe_manifest(read_manifest(manifest)) == "2 videos (1 train, 1 test), 3 captions, missing video files: 1"
+    assert (
+        describe_manifest(read_manifest(manifest)) == "2 videos (1 train, 1 test), 3 captions, missing video files: 1"
+    )

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from helpers import make_video
 from pipeline.decode.reader import FrameSpec, VideoError, read_video, resized_size
 from pipeline.decode.sampling import sample_frame_indices
+
+from helpers import make_video
 
 # Decoding itself is exact (both use FFmpeg's decoders); the tolerance covers
 # resampling: decord scales inside its filter graph, the reference with

@@ -47,7 +47,12 @@ def test_every_test_and_val_caption_matches_exactly_one_clip(dataset):
     assert len(set(combos)) == len(combos)
     test_captions = [r["captions"][0] for r in held_out if r["split"] == "test"]
     for caption in test_captions:
-        matching = [r for r in held_out if r["split"] == "test" and all(f" {r[n]}" in f" {caption}" for n in ("colour", "shape", "size", "background", "direction"))]
+        matching = [
+            r
+            for r in held_out
+            if r["split"] == "test"
+            and all(f" {r[n]}" in f" {caption}" for n in ("colour", "shape", "size", "background", "direction"))
+        ]
         assert len(matching) == 1, caption
 
 

@@ -227,7 +227,16 @@ def decode_videos(
     # the last run to finish must see them all to write the merged status.
     committed = _committed(out_dir, chunks)
     summary = DecodeSummary(
-        out_dir, counts, frames, seconds, len(todo), len(mine) - len(todo), len(committed), len(chunks), len(entries), shard
+        out_dir,
+        counts,
+        frames,
+        seconds,
+        len(todo),
+        len(mine) - len(todo),
+        len(committed),
+        len(chunks),
+        len(entries),
+        shard,
     )
     stage = read_stage(out_dir)
     if summary.complete and (stage is None or stage["input"]["fingerprint"] != fingerprint):
@@ -238,7 +247,9 @@ def decode_videos(
 def _decode_chunks(
     chunks: list[Chunk], out_dir: Path, options: DecodeOptions, params: dict, reader: Reader, progress: bool
 ) -> tuple[Counter, int, float]:
-    tasks = [DecodeTask(seq, entry.video_id, entry.path) for seq, entry in enumerate(e for c in chunks for e in c.entries)]
+    tasks = [
+        DecodeTask(seq, entry.video_id, entry.path) for seq, entry in enumerate(e for c in chunks for e in c.entries)
+    ]
     # Failures that stat alone reveals (missing, empty) need no worker.
     problems = [check_video_file(task.path, stat_or_none(task.path)) for task in tasks]
     to_decode = sum(problem is None for problem in problems)
