@@ -78,13 +78,16 @@ def decode(
     short_side: Annotated[
         int | None,
         typer.Option(
-            help="Resize the short side to this before cropping [default: size*256/224 as MMAction2; CLIP4Clip: size]."
+            help="Resize the short side to this before cropping (CLIP4Clip: the crop size).",
+            show_default="size x 256/224, as MMAction2",
         ),
     ] = None,
     sampling: Annotated[
         str, typer.Option(help="uniform (MMAction2 UniformSample, test mode) or linspace (CLIP4Clip).")
     ] = "uniform",
-    workers: Annotated[int | None, typer.Option(help="Decoder processes [default: one per available core].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoder processes.", show_default="one per available core")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per video before its decoder process is killed.")] = 60.0,
     shard_size: Annotated[int, typer.Option(help="Videos per Parquet part file (the unit of resumption).")] = 100,
     num_shards: Annotated[int, typer.Option(help="Split the work over this many independent runs (machines).")] = 1,
