@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.synth import write_video
 
-from helpers import CODECS, make_audio_only, make_video, pattern_frames
+from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video, pattern_frames
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,7 @@ def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     (folder / "folder.mp4").mkdir()
     make_audio_only(folder / "audio.mp4")
     write_video(folder / "av1.mkv", pattern_frames(8, 64, 48), 30, "libsvtav1", "yuv420p", {})
+    make_stream_without_frames(folder / "no-frames.avi")
     return {
         "missing": (folder / "missing.mp4", "missing"),
         "empty": (folder / "empty.mp4", "empty"),
@@ -37,4 +38,5 @@ def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         "folder": (folder / "folder.mp4", "unreadable"),
         "audio": (folder / "audio.mp4", "no_video"),
         "av1": (folder / "av1.mkv", "unreadable"),  # a codec decord's FFmpeg lacks
+        "no-frames": (folder / "no-frames.avi", "too_short"),
     }

@@ -3,7 +3,6 @@ with injected faults (module-level, so decode worker processes can import them).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -68,14 +67,24 @@ def make_audio_only(path: Path) -> Path:
     return path
 
 
-def write_test_manifest(path: Path, videos: dict[str, str], split: str = "test") -> Path:
-    """A manifest of ``{video_id: relative path}``, one caption each."""
-    lines = [
-        json.dumps({"video_id": video_id, "path": relative, "split": split, "captions": [f"caption of {video_id}"]})
-        for video_id, relative in videos.items()
-    ]
-    path.write_text("\n".join(lines) + "\n")
+def make_stream_without_frames(path: Path) -> Path:
+    """A container with a video stream that never got a frame (a failed recording)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()  # writes the header, with no packet after it
     return path
+
+
+def manifest_records(videos: dict[str, str | Path], split: str = "test") -> list[dict]:
+    """Manifest records for ``{video_id: path}``, one caption each (write them with
+    pipeline.manifest.write_manifest)."""
+    return [
+        {"video_id": video_id, "path": str(path), "split": split, "captions": [f"caption of {video_id}"]}
+        for video_id, path in videos.items()
+    ]
 
 
 def read_video_or_hang(path: Path, spec: FrameSpec) -> DecodedVideo:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from helpers import make_video
+from pipeline.manifest import write_manifest
+
+from helpers import make_video, manifest_records
 
 VIDRET = Path(sys.executable).parent / "vidret"
 
@@ -42,12 +44,7 @@ def test_synth_manifest_check_and_decode(tmp_path):
 def test_failures_are_counted_and_exit_zero(tmp_path):
     make_video(tmp_path / "good.mp4", num_frames=8)
     (tmp_path / "bad.mp4").write_text("not a video")
-    records = [
-        {"video_id": "good", "path": "good.mp4", "split": "test", "captions": ["x"]},
-        {"video_id": "bad", "path": "bad.mp4", "split": "test", "captions": ["y"]},
-        {"video_id": "gone", "path": "gone.mp4", "split": "test", "captions": ["z"]},
-    ]
-    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_manifest(tmp_path / "m.jsonl", manifest_records({"good": "good.mp4", "bad": "bad.mp4", "gone": "gone.mp4"}))
     result = vidret("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "3 videos in" in result.stdout and "1 ok, 1 missing, 1 unreadable" in result.stdout

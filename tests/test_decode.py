@@ -18,8 +18,17 @@ import pytest
 
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video
 from pipeline.errors import VidretError
+from pipeline.manifest import write_manifest
+from pipeline.schemas import FRAMES_SCHEMA
 
-from helpers import CODECS, make_video, read_video_or_crash, read_video_or_hang, read_video_when_released
+from helpers import (
+    CODECS,
+    make_video,
+    manifest_records,
+    read_video_or_crash,
+    read_video_or_hang,
+    read_video_when_released,
+)
 
 TESTS = Path(__file__).parent
 SPEC = FrameSpec(num_frames=4, size=64)  # small frames keep the tests fast
@@ -41,9 +50,7 @@ def corpus(tmp_path_factory, bad_videos) -> tuple[Path, dict[str, str]]:
         lines.insert(len(lines) // 2, (f"bad-{name}", str(path)))  # failures in the middle of the order
         expected[f"bad-{name}"] = status
     manifest = folder / "manifest.jsonl"
-    records = [{"video_id": vid, "path": path, "split": "test", "captions": [f"video {vid}"]} for vid, path in lines]
-    records.append({"video_id": "train0", "path": "good0.mp4", "split": "train", "captions": ["a training video"]})
-    manifest.write_text("".join(json.dumps(record) + "\n" for record in records))
+    write_manifest(manifest, manifest_records(dict(lines)) + manifest_records({"train0": "good0.mp4"}, "train"))
     return manifest, {vid: expected[vid] for vid, _ in lines}
 
 
@@ -107,7 +114,8 @@ def test_every_video_gets_one_status_and_ok_videos_get_their_frames(corpus, tmp_
     assert stage["output"]["parts"] == 4 and stage["throughput"]["videos"] == len(expected)
     assert stage["libraries"]["decord"] == "0.6.0"
     line = summary.line()
-    assert "15 videos" in line and "8 ok" in line and "videos/s" in line and "frames/s" in line and str(out) in line
+    assert line.startswith(f"decode: {len(expected)} videos in ") and ": 8 ok, 1 missing, 1 empty" in line
+    assert "videos/s" in line and "frames/s" in line and f"output: {out}" in line
 
 
 def test_users_read_the_shards_with_duckdb_and_pandas(corpus, tmp_path):
@@ -125,16 +133,7 @@ def test_users_read_the_shards_with_duckdb_and_pandas(corpus, tmp_path):
     counts = dict(duckdb.sql(f"SELECT status, count(*) FROM '{out / 'status.parquet'}' GROUP BY status").fetchall())
     assert counts["ok"] == 8 and sum(counts.values()) == len(expected)
     table = pd.read_parquet(out / "part-00000.parquet")
-    assert list(table.columns) == [
-        "video_id",
-        "frames",
-        "num_frames",
-        "height",
-        "width",
-        "frame_indices",
-        "source_num_frames",
-        "fps",
-    ]
+    assert list(table.columns) == FRAMES_SCHEMA.names
     assert isinstance(table.loc[0, "frames"], bytes)
 
 
@@ -207,8 +206,7 @@ def test_a_hanging_video_is_killed_at_the_timeout_and_costs_only_itself(tmp_path
         make_video(tmp_path / name, num_frames=12)
     manifest = tmp_path / "manifest.jsonl"
     ids = ["hang", "a", "b", "c"]  # the hanging video first: the others finish before it and must wait
-    records = [{"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ids]
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_manifest(manifest, manifest_records({vid: f"{vid}.mp4" for vid in ids}))
     start = time.monotonic()
     summary = decode_videos(
         manifest, tmp_path / "frames", options(timeout=2.0), reader=read_video_or_hang, progress=False
@@ -224,10 +222,7 @@ def test_a_crashing_decoder_costs_only_its_video(tmp_path):
     for name in ["a.mp4", "crash.mp4", "b.mp4"]:
         make_video(tmp_path / name, num_frames=12)
     manifest = tmp_path / "manifest.jsonl"
-    records = [
-        {"video_id": vid, "path": f"{vid}.mp4", "split": "test", "captions": ["x"]} for vid in ["a", "crash", "b"]
-    ]
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_manifest(manifest, manifest_records({vid: f"{vid}.mp4" for vid in ["a", "crash", "b"]}))
     summary = decode_videos(
         manifest, tmp_path / "frames", options(workers=1), reader=read_video_or_crash, progress=False
     )
@@ -301,9 +296,7 @@ def test_shards_running_at_the_same_time_leave_a_complete_directory(tmp_path):
     for video_id in ids:
         make_video(tmp_path / f"{video_id}.mp4", num_frames=8)
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text(
-        "".join(json.dumps({"video_id": v, "path": f"{v}.mp4", "split": "test", "captions": ["x"]}) + "\n" for v in ids)
-    )
+    write_manifest(manifest, manifest_records({vid: f"{vid}.mp4" for vid in ids}))
     out = tmp_path / "frames"
     results = {}
     held = threading.Thread(

@@ -97,7 +97,7 @@ def test_default_resize_is_mmaction2_short_side_256():
     assert resized_size(241, 321, 256) == (256, 341)  # 340.98 rounds up
 
 
-@pytest.mark.parametrize("name", ["missing", "empty", "truncated", "text", "folder", "audio", "av1"])
+@pytest.mark.parametrize("name", ["missing", "empty", "truncated", "text", "folder", "audio", "av1", "no-frames"])
 def test_bad_inputs_raise_video_error_with_status_and_path(bad_videos, name):
     path, status = bad_videos[name]
     with pytest.raises(VideoError) as raised:

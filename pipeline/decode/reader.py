@@ -12,6 +12,7 @@ decodes, and a rerun with nothing to do should not pay for loading them.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,7 +157,9 @@ def read_video(path: Path | str, spec: FrameSpec) -> DecodedVideo:
     try:
         reader = _open_reader(path, width, height)
     except (decord.DECORDError, RuntimeError) as error:
-        raise VideoError("unreadable", f"decord cannot open it ({_last_line(error)}): {path}") from None
+        if not _has_video_packets(path):
+            raise VideoError("too_short", f"the video stream has no frames: {path}") from None
+        raise VideoError("unreadable", f"decord cannot open it ({_decord_message(error)}): {path}") from None
     claimed = len(reader)
     if claimed == 0:
         raise VideoError("too_short", f"the video stream has no frames: {path}")
@@ -180,6 +183,16 @@ def read_video(path: Path | str, spec: FrameSpec) -> DecodedVideo:
     return DecodedVideo(frames, indices, claimed, fps, note)
 
 
-def _last_line(error: Exception) -> str:
+def _has_video_packets(path: Path) -> bool:
+    import av
+
+    with av.open(str(path)) as container:
+        return any(packet.size for packet in container.demux(video=0))
+
+
+def _decord_message(error: Exception) -> str:
+    """decord's last message line, without its "[time] source.cc:line: " prefix."""
     lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^(\[[\d:]+\] \S+:\d+: )+", "", lines[-1].strip())
