@@ -181,9 +181,3 @@ class DecodePool:
             if worker.process.is_alive():
                 worker.kill()
         self._workers = []
-
-    def __enter__(self) -> DecodePool:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()

@@ -16,7 +16,7 @@ whole chunks or nothing, and a rerun redoes exactly the uncommitted chunks.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,10 +45,6 @@ class Chunk:
     index: int
     entries: tuple[ManifestEntry, ...]
     key: str  # digest of the parameters and of every input file's identity
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.index:05d}.parquet"
 
 
 def part_path(out_dir: Path, chunk_index: int) -> Path:
@@ -117,18 +113,14 @@ class ChunkWriter:
         self._temporary: Path | None = None
         (out_dir / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
 
-    def add(self, result: DecodeResult) -> list[Chunk]:
-        """Accept one result; return the chunks this completed and committed."""
+    def add(self, result: DecodeResult) -> None:
+        """Accept one result; write it and every result it was holding up."""
         self._pending[result.seq] = result
-        committed = []
         while self.next_seq in self._pending:
-            chunk = self._write(self._pending.pop(self.next_seq))
+            self._write(self._pending.pop(self.next_seq))
             self.next_seq += 1
-            if chunk is not None:
-                committed.append(chunk)
-        return committed
 
-    def _write(self, result: DecodeResult) -> Chunk | None:
+    def _write(self, result: DecodeResult) -> None:
         chunk = self._chunks[self._chunk_position]
         if self._writer is None:
             path = part_path(self.out_dir, chunk.index)
@@ -137,9 +129,9 @@ class ChunkWriter:
             self._writer = pq.ParquetWriter(self._temporary, schema, **FRAMES_PARQUET_OPTIONS)
         if result.status == "ok":
             self._writer.write_table(frames_table(result))
-        self._chunk_results.append(result)
+        self._chunk_results.append(replace(result, video=None))  # the frames are on disk now
         if len(self._chunk_results) < len(chunk.entries):
-            return None
+            return
         self._writer.close()
         self._writer = None
         commit_file(self._temporary, part_path(self.out_dir, chunk.index))
@@ -147,7 +139,6 @@ class ChunkWriter:
         write_parquet(marker_path(self.out_dir, chunk.index), status_table(self._chunk_results, metadata))
         self._chunk_results = []
         self._chunk_position += 1
-        return chunk
 
     def abort(self) -> None:
         """Drop the chunk being written (its videos are redone on the next run)."""
