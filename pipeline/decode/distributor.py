@@ -129,17 +129,19 @@ class DecodeSummary:
         return " | ".join(parts)
 
 
-def plan_chunks(entries: list[ManifestEntry], params: dict, shard_size: int) -> list[Chunk]:
+def plan_chunks(
+    entries: list[ManifestEntry], stats: dict[str, os.stat_result | None], params: dict, shard_size: int
+) -> list[Chunk]:
+    """Cut ``entries`` into chunks keyed by ``params`` and their files' ``stats`` (by video_id)."""
     chunks = []
     for index, start in enumerate(range(0, len(entries), shard_size)):
         members = tuple(entries[start : start + shard_size])
-        inputs = [[entry.video_id, str(entry.path), *_file_identity(entry.path)] for entry in members]
+        inputs = [[entry.video_id, str(entry.path), *_file_identity(stats[entry.video_id])] for entry in members]
         chunks.append(Chunk(index, members, sha256_json([params, inputs])))
     return chunks
 
 
-def _file_identity(path: Path) -> tuple[int, int]:
-    file_stat = stat_or_none(path)
+def _file_identity(file_stat: os.stat_result | None) -> tuple[int, int]:
     return (file_stat.st_size, file_stat.st_mtime_ns) if file_stat else (-1, -1)
 
 
@@ -158,9 +160,8 @@ def _chunk_index(path: Path) -> int:
     return int(path.name.split(".")[0].removeprefix("part-"))
 
 
-def _committed(out_dir: Path, chunks: list[Chunk]) -> set[int]:
+def _committed(out_dir: Path, chunks: list[Chunk], markers: dict[int, tuple[str, dict]]) -> set[int]:
     """Chunks whose marker holds their current key and whose part file is in place."""
-    markers = _read_markers(out_dir)
     return {
         chunk.index
         for chunk in chunks
@@ -168,8 +169,8 @@ def _committed(out_dir: Path, chunks: list[Chunk]) -> set[int]:
     }
 
 
-def _refuse_other_parameters(out_dir: Path, params: dict) -> None:
-    for _, old in _read_markers(out_dir).values():
+def _refuse_other_parameters(out_dir: Path, markers: dict[int, tuple[str, dict]], params: dict) -> None:
+    for _, old in markers.values():
         if old != params:
             changes = ", ".join(
                 f"{name} {old.get(name)!r} -> {params.get(name)!r}"
@@ -207,36 +208,39 @@ def decode_videos(
     manifest, out_dir = Path(manifest), Path(out_dir)
     entries = select_split(read_manifest(manifest, options.video_root), options.split, manifest)
     params = options.output_params()
-    chunks = plan_chunks(entries, params, options.shard_size)
+    stats = {entry.video_id: stat_or_none(entry.path) for entry in entries}
+    chunks = plan_chunks(entries, stats, params, options.shard_size)
     fingerprint = sha256_json([chunk.key for chunk in chunks])
     shard = (options.shard_index, options.num_shards)
     out_dir.mkdir(parents=True, exist_ok=True)
     if options.force:
         clear_outputs(out_dir)
-    _refuse_other_parameters(out_dir, params)
+    markers = _read_markers(out_dir)
+    _refuse_other_parameters(out_dir, markers, params)
 
     mine = [chunk for chunk in chunks if chunk.index % options.num_shards == options.shard_index]
-    todo = [chunk for chunk in mine if chunk.index not in _committed(out_dir, mine)]
+    already_committed = _committed(out_dir, mine, markers)
+    todo = [chunk for chunk in mine if chunk.index not in already_committed]
     counts, frames, seconds = Counter(), 0, 0.0
     if todo:
         # The directory is about to change: it is no longer the one stage.json describes.
         remove_stage(out_dir)
         (out_dir / STATUS_FILE).unlink(missing_ok=True)
-        counts, frames, seconds = _decode_chunks(todo, out_dir, options, params, reader, progress)
-    # Look again: runs of other shards may have committed chunks meanwhile, and
-    # the last run to finish must see them all to write the merged status.
-    committed = _committed(out_dir, chunks)
+        counts, frames, seconds = _decode_chunks(todo, stats, out_dir, options, params, reader, progress)
+        # Look again: runs of other shards may have committed chunks meanwhile, and
+        # the last run to finish must see them all to write the merged status.
+        markers = _read_markers(out_dir)
     summary = DecodeSummary(
-        out_dir,
-        counts,
-        frames,
-        seconds,
-        len(todo),
-        len(mine) - len(todo),
-        len(committed),
-        len(chunks),
-        len(entries),
-        shard,
+        out_dir=out_dir,
+        counts=counts,
+        frames=frames,
+        seconds=seconds,
+        chunks_run=len(todo),
+        chunks_already_committed=len(already_committed),
+        chunks_committed=len(_committed(out_dir, chunks, markers)),
+        chunks_total=len(chunks),
+        videos_total=len(entries),
+        shard=shard,
     )
     stage = read_stage(out_dir)
     if summary.complete and (stage is None or stage["input"]["fingerprint"] != fingerprint):
@@ -245,13 +249,19 @@ def decode_videos(
 
 
 def _decode_chunks(
-    chunks: list[Chunk], out_dir: Path, options: DecodeOptions, params: dict, reader: Reader, progress: bool
+    chunks: list[Chunk],
+    stats: dict[str, os.stat_result | None],
+    out_dir: Path,
+    options: DecodeOptions,
+    params: dict,
+    reader: Reader,
+    progress: bool,
 ) -> tuple[Counter, int, float]:
     tasks = [
         DecodeTask(seq, entry.video_id, entry.path) for seq, entry in enumerate(e for c in chunks for e in c.entries)
     ]
     # Failures that stat alone reveals (missing, empty) need no worker.
-    problems = [check_video_file(task.path, stat_or_none(task.path)) for task in tasks]
+    problems = [check_video_file(task.path, stats[task.video_id]) for task in tasks]
     to_decode = sum(problem is None for problem in problems)
     window = max(4 * options.workers, REORDER_BUDGET_BYTES // options.spec.frame_bytes)
     for chunk in chunks:
