@@ -37,10 +37,17 @@ def remove_temporaries(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def write_json(path: Path, obj) -> None:
+def write_text(path: Path, text: str) -> None:
     temporary = temporary_path(path)
-    temporary.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    commit_file(temporary, path)
+    try:
+        temporary.write_text(text)
+        commit_file(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_parquet(path: Path, table: pa.Table, **options) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import VidretError
-from pipeline.files import commit_file, temporary_path
+from pipeline.files import write_text
 
 SPLITS = ("train", "val", "test")
 REQUIRED_FIELDS = ("video_id", "path", "split", "captions")
@@ -123,6 +123,4 @@ def describe_manifest(entries: list[ManifestEntry]) -> str:
 
 def write_manifest(path: Path, records: list[dict]) -> None:
     """Write manifest records as JSON Lines (atomically)."""
-    temporary = temporary_path(path)
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-    commit_file(temporary, path)
+    write_text(path, "".join(json.dumps(record) + "\n" for record in records))

@@ -158,11 +158,11 @@ def read_video(path: Path | str, spec: FrameSpec) -> DecodedVideo:
         reader = _open_reader(path, width, height)
     except (decord.DECORDError, RuntimeError) as error:
         if not _has_video_packets(path):
-            raise VideoError("too_short", f"the video stream has no frames: {path}") from None
+            raise _no_frames(path) from None
         raise VideoError("unreadable", f"decord cannot open it ({_decord_message(error)}): {path}") from None
     claimed = len(reader)
     if claimed == 0:
-        raise VideoError("too_short", f"the video stream has no frames: {path}")
+        raise _no_frames(path)
     fps = float(reader.get_avg_fps())
     indices = sample_frame_indices(claimed, spec.num_frames, spec.sampling)
     note = ""
@@ -181,6 +181,10 @@ def read_video(path: Path | str, spec: FrameSpec) -> DecodedVideo:
     left = (width - spec.size) // 2
     frames = np.ascontiguousarray(batch[:, top : top + spec.size, left : left + spec.size])
     return DecodedVideo(frames, indices, claimed, fps, note)
+
+
+def _no_frames(path: Path) -> VideoError:
+    return VideoError("too_short", f"the video stream has no frames: {path}")
 
 
 def _has_video_packets(path: Path) -> bool:

@@ -82,7 +82,7 @@ def frames_table(result: DecodeResult) -> pa.Table:
     )
 
 
-def status_table(results: list[DecodeResult], metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+def status_table(results: list[DecodeResult], metadata: dict[bytes, bytes]) -> pa.Table:
     columns = {
         "video_id": [result.video_id for result in results],
         "status": [result.status for result in results],
