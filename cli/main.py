@@ -18,6 +18,23 @@ app = typer.Typer(
 )
 manifest_app = typer.Typer(no_args_is_help=True, help="Check manifests (JSON Lines, one captioned video per line).")
 app.add_typer(manifest_app, name="manifest")
+encode_app = typer.Typer(no_args_is_help=True, help="Train the CLIP4Clip video tower and write embeddings.")
+app.add_typer(encode_app, name="encode")
+
+# Options shared by `encode train` and `encode embed`.
+FramesDir = Annotated[Path, typer.Argument(help="Decoded frames (RUN/frames), as written by vidret decode.")]
+ManifestOption = Annotated[Path, typer.Option(help="The manifest the frames were decoded from (.jsonl).")]
+ModelOption = Annotated[str, typer.Option(help="open_clip model name; vidret-tiny and vidret-micro run on a CPU.")]
+PretrainedOption = Annotated[
+    str, typer.Option(help="CLIP weights: an open_clip tag (downloaded when online), a local file, or none.")
+]
+HeadOption = Annotated[str, typer.Option(help="Temporal head: meanP, seqLSTM or seqTransf.")]
+VideoRootOption = Annotated[
+    Path | None, typer.Option(help="Resolve relative video paths here, not next to the manifest.")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+WorkersOption = Annotated[int, typer.Option(help="Threads reading frames from Parquet, per process.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
 def reports_errors(command):
@@ -114,6 +131,137 @@ def decode(
         force=force,
     )
     typer.echo(decode_videos(manifest, out, options, progress=progress).line())
+
+
+@encode_app.command("train")
+@reports_errors
+def encode_train(
+    frames_dir: FramesDir,
+    manifest: ManifestOption,
+    out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/model.")],
+    model: ModelOption = "ViT-B-32",
+    pretrained: PretrainedOption = "openai",
+    head: HeadOption = "meanP",
+    recipe: Annotated[
+        str, typer.Option(help="mmaction2 or clip4clip: the defaults of the options below.")
+    ] = "mmaction2",
+    epochs: Annotated[int | None, typer.Option(show_default="recipe")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Global batch: all processes and accumulation steps.", show_default="recipe")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate of new modules (and of CLIP unless --clip-lr).", show_default="recipe"),
+    ] = None,
+    clip_lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the CLIP towers.", show_default="recipe")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="AdamW weight decay (none on biases and norms).", show_default="recipe")
+    ] = None,
+    warmup: Annotated[
+        float | None,
+        typer.Option(help="Warm-up, as a fraction of all steps; cosine decay after.", show_default="recipe"),
+    ] = None,
+    warmup_start: Annotated[float | None, typer.Option(help="LR factor at step 0.", show_default="recipe")] = None,
+    beta1: Annotated[float | None, typer.Option(help="AdamW beta1.", show_default="recipe")] = None,
+    beta2: Annotated[float | None, typer.Option(help="AdamW beta2.", show_default="recipe")] = None,
+    eps: Annotated[float | None, typer.Option(help="AdamW epsilon.", show_default="recipe")] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option(help="Max gradient norm; 0 for none.", show_default="recipe")
+    ] = None,
+    accum_steps: Annotated[int, typer.Option(help="Split each batch into this many micro-batches (exact loss).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seeds the initialisation and the data order.")] = 0,
+    deterministic: Annotated[bool, typer.Option(help="Deterministic kernels (slower on GPUs).")] = False,
+    save_every: Annotated[int, typer.Option(help="Steps between mid-epoch checkpoints; 0: at epoch ends only.")] = 0,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop after this many steps with a checkpoint (for time-limited jobs).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU).")] = False,
+    video_root: VideoRootOption = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 4,
+    progress: ProgressOption = True,
+) -> None:
+    """Train CLIP4Clip on the train split, validating on val each epoch. Runs under torchrun for DDP."""
+    from pipeline.encode.train import TrainOptions, make_recipe, train
+
+    betas = None
+    if beta1 is not None or beta2 is not None:
+        default = make_recipe(recipe).betas
+        betas = (default[0] if beta1 is None else beta1, default[1] if beta2 is None else beta2)
+    options = TrainOptions(
+        frames_dir=frames_dir,
+        manifest=manifest,
+        out=out,
+        model=model,
+        pretrained=pretrained,
+        head=head,
+        recipe=make_recipe(
+            recipe, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
+            warmup=warmup, warmup_start=warmup_start, betas=betas, eps=eps, grad_clip=grad_clip,
+        ),
+        recipe_name=recipe,
+        accum_steps=accum_steps,
+        seed=seed,
+        deterministic=deterministic,
+        video_root=video_root,
+        device=device,
+        workers=workers,
+        save_every=save_every,
+        stop_after=stop_after,
+        resume=resume,
+        force=force,
+        compile=compile,
+        progress=progress,
+    )  # fmt: skip
+    summary = train(options)
+    if summary.is_main:
+        typer.echo(summary.line())
+
+
+@encode_app.command("embed")
+@reports_errors
+def encode_embed(
+    frames_dir: FramesDir,
+    manifest: ManifestOption,
+    out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/embeddings.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A vidret checkpoint (RUN/model/best.pt); without it, zero-shot CLIP.")
+    ] = None,
+    model: ModelOption = "ViT-B-32",
+    pretrained: PretrainedOption = "openai",
+    head: HeadOption = "meanP",
+    split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Videos per forward pass, per process.")] = 64,
+    video_root: VideoRootOption = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = 4,
+    progress: ProgressOption = True,
+) -> None:
+    """Write L2-normalised video and caption embeddings (videos.parquet, texts.parquet)."""
+    from pipeline.encode.embed import EmbedOptions, embed
+
+    options = EmbedOptions(
+        frames_dir=frames_dir,
+        manifest=manifest,
+        out=out,
+        checkpoint=checkpoint,
+        model=model,
+        pretrained=pretrained,
+        head=head,
+        split=split,
+        video_root=video_root,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
+    summary = embed(options)
+    if summary.is_main:
+        typer.echo(summary.line())
 
 
 if __name__ == "__main__":

@@ -40,3 +40,9 @@ DECODE_STATUSES = (
     "timeout",  # killed after --timeout seconds
     "crashed",  # the decoder process died
 )
+
+# RUN/embeddings/videos.parquet: one row per embedded video, L2-normalised.
+VIDEOS_SCHEMA = pa.schema([("video_id", pa.string()), ("embedding", pa.list_(pa.float32()))])
+
+# RUN/embeddings/texts.parquet: one row per caption; video_id is its ground-truth video.
+TEXTS_SCHEMA = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("embedding", pa.list_(pa.float32()))])

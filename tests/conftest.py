@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from pipeline.synth import write_video
+from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
+from pipeline.manifest import write_manifest
+from pipeline.synth import SynthOptions, make_synthetic_dataset, write_video
 
 from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video, pattern_frames
 
@@ -40,3 +43,26 @@ def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         "av1": (folder / "av1.mkv", "unreadable"),  # a codec decord's FFmpeg lacks
         "no-frames": (folder / "no-frames.avi", "too_short"),
     }
+
+
+@pytest.fixture(scope="session")
+def decoded_synthetic(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic dataset decoded at vidret-micro's size (4 frames of 32x32).
+
+    Its manifest adds one missing video to the train and to the test split, so the
+    encode stage must skip and count them.
+    """
+    root = tmp_path_factory.mktemp("synthetic")
+    summary = make_synthetic_dataset(
+        root / "data",
+        SynthOptions(videos=40, seed=3, width=64, height=48, min_frames=12, max_frames=20),
+        progress=False,
+    )
+    records = [json.loads(line) for line in summary.manifest.read_text().splitlines()]
+    for split in ("train", "test"):
+        records.append({"video_id": f"lost-{split}", "path": f"lost-{split}.mp4", "split": split, "captions": ["gone"]})
+    manifest = root / "data" / "with-missing.jsonl"
+    write_manifest(manifest, records)
+    options = DecodeOptions(spec=FrameSpec(num_frames=4, size=32), workers=1, shard_size=16)
+    decode_videos(manifest, root / "frames", options, progress=False)
+    return {"manifest": manifest, "frames": root / "frames", "root": root}

@@ -76,3 +76,35 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
         f"error: {tmp_path / 'm.jsonl'}:2: invalid JSON"
     )
     assert not (tmp_path / "frames").exists()  # a refused run writes nothing
+
+
+def test_encode_train_then_embed(decoded_synthetic, tmp_path):
+    data = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"], "--model", "vidret-micro"]
+    trained = vidret(
+        "encode", "train", *data, "--out", tmp_path / "model", "--pretrained", "none", "--epochs", 1,
+        "--batch-size", 8, "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.splitlines()[-1].startswith("train: 10 steps (1 epochs), 80 videos in ")
+    assert "epoch 1/1: loss " in trained.stdout and "val t2v R@1" in trained.stdout
+    embedded = vidret(
+        "encode", "embed", *data[:3], "--checkpoint", tmp_path / "model" / "best.pt", "--out", tmp_path / "emb",
+        "--no-progress",
+    )  # fmt: skip
+    assert embedded.returncode == 0, embedded.stderr
+    assert embedded.stdout.startswith("embed: 8 videos, 8 captions, 1 videos skipped (1 missing) in ")
+    assert pq.read_table(tmp_path / "emb" / "videos.parquet").num_rows == 8
+
+
+def test_encode_errors_are_one_line(decoded_synthetic, tmp_path):
+    """Each `vidret` start imports torch and open_clip (seconds), so the CLI checks one error per command;
+    tests/test_encode*.py check the messages of the others."""
+    data = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"]]
+    unknown = vidret("encode", "train", *data, "--out", tmp_path / "model", "--model", "ViT-B-99")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "error: unknown model 'ViT-B-99'. Did you mean ViT-B-32, ViT-B-16, ViT-g-14?\n"
+    missing = vidret(
+        "encode", "embed", tmp_path / "nowhere", *data[1:], "--out", tmp_path / "e", "--pretrained", "none"
+    )
+    assert missing.returncode == 1
+    assert missing.stderr == f"error: {tmp_path / 'nowhere'}: no such frames directory (run `vidret decode` first)\n"

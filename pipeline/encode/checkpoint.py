@@ -1,0 +1,75 @@
+"""Checkpoints: written atomically, loadable with ``torch.load(weights_only=True)``.
+
+``RUN/model/last.pt`` holds the whole training state (model, optimizer, scheduler,
+RNG states, data position), so ``--resume`` continues exactly where a run stopped.
+``RUN/model/best.pt`` holds only what embedding needs: the model spec and weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip, first_line
+from pipeline.errors import VidretError
+from pipeline.files import commit_file, temporary_path
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+FORMAT = "vidret-clip4clip"
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    temporary = temporary_path(path)
+    try:
+        torch.save({"format": FORMAT, **payload}, temporary)
+        commit_file(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise VidretError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and tensor errors all mean "not our checkpoint"
+        raise VidretError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line(error)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise VidretError(f"{path}: not a vidret checkpoint (for open_clip weights, use --model and --pretrained)")
+    return payload
+
+
+def model_state(model: CLIP4Clip) -> dict:
+    return {"spec": model.spec.to_dict(), "model": model.state_dict()}
+
+
+@contextlib.contextmanager
+def quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def load_model(path: Path | str) -> tuple[CLIP4Clip, dict]:
+    """The model a checkpoint describes, with its weights, on the CPU; and the checkpoint."""
+    payload = read_checkpoint(path)
+    try:
+        spec = ModelSpec(**payload["spec"])
+        # The checkpoint holds every weight, so the CLIP weights are not fetched again (and open_clip's
+        # "initialized randomly" warning would mislead).
+        with quiet_root_logger():
+            model = create_clip4clip(spec.model, "none", spec.head)
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})") from None
+    model.spec = spec
+    return model, payload

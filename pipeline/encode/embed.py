@@ -1,0 +1,243 @@
+"""Embed videos and captions: ``RUN/embeddings/{videos,texts}.parquet``.
+
+The model comes from a training checkpoint, or, for zero-shot CLIP, straight from
+open_clip (``--model`` and ``--pretrained``, meanP head). Under torchrun each rank
+embeds every world-size-th video and rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from pipeline.encode.checkpoint import load_model
+from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
+from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
+from pipeline.encode.reader import FrameStore, VideoSelection, prefetch_batches, select_videos
+from pipeline.errors import VidretError
+from pipeline.files import sha256_file, write_parquet
+from pipeline.manifest import ManifestEntry, read_manifest, select_split
+from pipeline.metrics import retrieval_metrics
+from pipeline.schemas import TEXTS_SCHEMA, VIDEOS_SCHEMA
+from pipeline.stage import library_versions, read_stage, remove_stage, write_stage
+
+VIDEOS_FILE = "videos.parquet"
+TEXTS_FILE = "texts.parquet"
+
+
+@torch.no_grad()
+def embed_videos(
+    model: CLIP4Clip,
+    store: FrameStore,
+    video_ids: list[str],
+    world: World,
+    batch_size: int = 64,
+    threads: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """L2-normalised float32 embeddings of ``video_ids``, in order, on every rank."""
+    mine = list(range(world.rank, len(video_ids), world.size))
+    batches = [[video_ids[i] for i in mine[start : start + batch_size]] for start in range(0, len(mine), batch_size)]
+    pin = world.device.type == "cuda"
+    rows = []
+    for frames in prefetch_batches(store, batches, threads=threads, pin_memory=pin):
+        with autocast_for(world.device):
+            rows.append(model.encode_video(frames).float().cpu())
+        if on_batch:
+            on_batch(len(frames) * world.size)
+    local = torch.cat(rows).numpy() if rows else np.zeros((0, model.clip.visual.output_dim), np.float32)
+    return _interleave(gather_to_all(world, local), len(video_ids))
+
+
+@torch.no_grad()
+def embed_texts(model: CLIP4Clip, tokens: torch.Tensor, world: World, batch_size: int = 256) -> np.ndarray:
+    """L2-normalised float32 embeddings of tokenised captions, in order, on every rank."""
+    mine = tokens[world.rank :: world.size]
+    rows = []
+    for start in range(0, len(mine), batch_size):
+        with autocast_for(world.device):
+            rows.append(model.encode_text(mine[start : start + batch_size]).float().cpu())
+    local = torch.cat(rows).numpy() if rows else np.zeros((0, model.clip.visual.output_dim), np.float32)
+    return _interleave(gather_to_all(world, local), len(tokens))
+
+
+def _interleave(parts: list[np.ndarray], total: int) -> np.ndarray:
+    """Undo the round-robin split: rank r holds items r, r + world, r + 2·world, ..."""
+    out = np.empty((total, parts[0].shape[1]), dtype=np.float32)
+    for rank, part in enumerate(parts):
+        out[rank :: len(parts)] = part
+    return out
+
+
+def caption_pairs(entries: list[ManifestEntry]) -> tuple[list[str], list[str]]:
+    """(video_id, caption) for every caption of every entry, in manifest order."""
+    pairs = [(entry.video_id, caption) for entry in entries for caption in entry.captions]
+    return [video_id for video_id, _ in pairs], [caption for _, caption in pairs]
+
+
+def evaluate(
+    model: CLIP4Clip, store: FrameStore, entries: list[ManifestEntry], world: World, batch_size: int, threads: int
+) -> dict:
+    """Retrieval metrics of ``model`` on ``entries`` (the validation split during training)."""
+    was_training = model.training
+    model.eval()
+    video_ids = [entry.video_id for entry in entries]
+    videos = embed_videos(model, store, video_ids, world, batch_size, threads)
+    text_video_ids, captions = caption_pairs(entries)
+    texts = embed_texts(model, get_tokenizer(model.spec.model)(captions), world)
+    model.train(was_training)
+    row_of = {video_id: row for row, video_id in enumerate(video_ids)}
+    return retrieval_metrics(texts, videos, np.array([row_of[video_id] for video_id in text_video_ids]))
+
+
+def check_frame_size(model: CLIP4Clip, shape: tuple[int, ...], frames_dir: Path) -> None:
+    height, width = shape[1:3]
+    if (height, width) != tuple(model.image_size):
+        size = model.image_size[0]
+        raise VidretError(
+            f"{frames_dir}: frames are {height}x{width} but {model.spec.model} takes {size}x{model.image_size[1]}; "
+            f"decode with --size {size}"
+        )
+
+
+@dataclass
+class EmbedOptions:
+    frames_dir: Path
+    manifest: Path
+    out: Path
+    checkpoint: Path | None = None  # a vidret checkpoint; else zero-shot from model + pretrained
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+    head: str = "meanP"
+    split: str = "test"
+    video_root: Path | None = None
+    batch_size: int = 64
+    workers: int = 4
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise VidretError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise VidretError(f"--workers must be at least 1, got {self.workers}")
+        if self.checkpoint is None:
+            check_model_choice(self.model, self.pretrained, self.head)
+        if self.checkpoint is None and self.head != "meanP":
+            raise VidretError(
+                f"--head {self.head} has untrained weights without --checkpoint; zero-shot embedding uses --head meanP"
+            )
+
+
+@dataclass
+class EmbedSummary:
+    out: Path
+    videos: int = 0
+    texts: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    is_main: bool = True  # under torchrun, only rank 0 reports
+
+    def line(self) -> str:
+        skipped = sum(self.skipped.values())
+        detail = f" ({', '.join(f'{n} {s}' for s, n in sorted(self.skipped.items()))})" if skipped else ""
+        rate = self.videos / self.seconds if self.seconds else 0.0
+        return (
+            f"embed: {self.videos} videos, {self.texts} captions, {skipped} videos skipped{detail} "
+            f"in {self.seconds:.1f} s ({rate:.1f} videos/s) -> {self.out}"
+        )
+
+
+def load_embedding_model(options: EmbedOptions) -> tuple[CLIP4Clip, dict]:
+    """The model to embed with, and what to record about where it came from."""
+    if options.checkpoint is not None:
+        model, payload = load_model(options.checkpoint)
+        source = {"checkpoint": str(Path(options.checkpoint).absolute()), "epoch": payload.get("epoch")}
+        return model, {**source, "checkpoint_sha256": sha256_file(Path(options.checkpoint))}
+    torch.manual_seed(0)  # --pretrained none: the same random weights on every rank and every run
+    return create_clip4clip(options.model, options.pretrained, options.head), {"checkpoint": None}
+
+
+def embed(options: EmbedOptions) -> EmbedSummary:
+    """Embed a split's videos and captions; write videos.parquet, texts.parquet, then stage.json."""
+    world = init_world(options.device)
+    try:
+        return _embed(options, world)
+    finally:
+        close_world(world)
+
+
+def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
+    manifest = read_manifest(options.manifest, options.video_root)
+    store = FrameStore(options.frames_dir)
+    selection: VideoSelection = select_videos(store, manifest, select_split(manifest, options.split, options.manifest))
+    if not selection.entries:
+        raise VidretError(
+            f"{options.frames_dir}: no video of split {options.split!r} decoded ({selection.describe_skipped()})"
+        )
+    model, source = load_embedding_model(options)
+    video_ids = [entry.video_id for entry in selection.entries]
+    check_frame_size(model, store.frame_shape(video_ids), options.frames_dir)
+    model = model.to(world.device).eval()
+
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stage(out)
+    started = time.perf_counter()
+    with tqdm(
+        total=len(video_ids), unit="video", desc="embed", disable=not (options.progress and world.is_main)
+    ) as bar:
+        videos = embed_videos(model, store, video_ids, world, options.batch_size, options.workers, bar.update)
+    text_video_ids, captions = caption_pairs(selection.entries)
+    texts = embed_texts(model, get_tokenizer(model.spec.model)(captions), world)
+    seconds = time.perf_counter() - started
+
+    summary = EmbedSummary(out, len(video_ids), len(captions), selection.skipped, seconds, world.is_main)
+    if world.is_main:
+        write_parquet(out / VIDEOS_FILE, embeddings_table(VIDEOS_SCHEMA, videos, video_id=video_ids))
+        write_parquet(
+            out / TEXTS_FILE, embeddings_table(TEXTS_SCHEMA, texts, video_id=text_video_ids, caption=captions)
+        )
+        write_stage(out, embed_record(options, model, source, summary, store, world))
+    barrier(world)
+    return summary
+
+
+def embeddings_table(schema: pa.Schema, embeddings: np.ndarray, **columns: list[str]) -> pa.Table:
+    dim = embeddings.shape[1]
+    flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+    offsets = pa.array(np.arange(0, len(embeddings) * dim + 1, dim, dtype=np.int32))
+    return pa.table({**columns, "embedding": pa.ListArray.from_arrays(offsets, flat)}, schema=schema)
+
+
+def embed_record(
+    options: EmbedOptions, model: CLIP4Clip, source: dict, summary: EmbedSummary, store: FrameStore, world: World
+) -> dict:
+    decode = read_stage(store.directory) or {}
+    return {
+        "stage": "embed",
+        "model": {**model.spec.to_dict(), **source, "embedding_dim": model.clip.visual.output_dim},
+        "params": {"split": options.split, "batch_size": options.batch_size, "normalised": "L2"},
+        "input": {
+            "frames": str(store.directory.absolute()),
+            "frames_fingerprint": decode.get("input", {}).get("fingerprint"),
+            "manifest": str(Path(options.manifest).absolute()),
+            "manifest_sha256": sha256_file(Path(options.manifest)),
+        },
+        "counts": {"videos": summary.videos, "texts": summary.texts, "skipped": dict(summary.skipped)},
+        "throughput": {
+            "seconds": round(summary.seconds, 3),
+            "videos_per_second": round(summary.videos / summary.seconds, 2) if summary.seconds else None,
+            "device": str(world.device),
+            "world_size": world.size,
+        },
+        "libraries": library_versions("torch", "open_clip_torch", "pyarrow"),
+    }

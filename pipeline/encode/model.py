@@ -1,0 +1,234 @@
+"""CLIP4Clip on open_clip: a CLIP image tower applied per frame, a temporal head, a CLIP text tower.
+
+One factory, ``create_clip4clip``, builds the model from an open_clip model name, a
+``--pretrained`` source (an open_clip tag, a local file, or ``none``) and a head name.
+The project's tiny configs (``model_configs/*.json``) are registered with open_clip's
+own registry, so ``vidret-tiny`` is a model name like ``ViT-B-32``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import VidretError
+
+open_clip.add_model_config(Path(__file__).with_name("model_configs"))
+
+HEADS = ("meanP", "seqLSTM", "seqTransf")
+SEQ_TRANSFORMER_LAYERS = 4  # CLIP4Clip's seqTransf copies the first 4 layers of the text transformer
+MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the model's architecture; stored in every checkpoint."""
+
+    model: str = "ViT-B-32"
+    head: str = "meanP"
+    pretrained: str = "none"  # where the CLIP weights came from: a tag, a file, or none
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MeanPooling(nn.Module):
+    """meanP: parameter-free; the pooling in ``CLIP4Clip.encode_video`` is the whole head."""
+
+    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
+        return frame_features
+
+
+class SequenceLSTM(nn.Module):
+    """seqLSTM: an LSTM over the frame features, plus a residual."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.lstm = nn.LSTM(width, width, batch_first=True)
+
+    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(frame_features)
+        return output + frame_features
+
+
+class SequenceTransformer(nn.Module):
+    """seqTransf: frame position embeddings and the first text-transformer layers, plus a residual.
+
+    As in CLIP4Clip, the position embeddings start as the text tower's token position
+    embeddings and the blocks as copies of its first layers; no causal mask is applied.
+    """
+
+    def __init__(self, position_embedding: torch.Tensor, blocks: list[nn.Module]):
+        super().__init__()
+        self.frame_position_embeddings = nn.Embedding.from_pretrained(position_embedding.detach().clone(), freeze=False)
+        self.blocks = nn.ModuleList(copy.deepcopy(block) for block in blocks)
+
+    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
+        num_frames = frame_features.shape[1]
+        if num_frames > self.frame_position_embeddings.num_embeddings:
+            raise VidretError(
+                f"seqTransf has position embeddings for {self.frame_position_embeddings.num_embeddings} frames; "
+                f"got {num_frames}"
+            )
+        positions = torch.arange(num_frames, device=frame_features.device)
+        hidden = frame_features + self.frame_position_embeddings(positions).to(frame_features.dtype)
+        for block in self.blocks:
+            hidden = block(hidden)
+        return hidden + frame_features
+
+
+class CLIP4Clip(nn.Module):
+    """Video and text towers with a shared embedding space.
+
+    Frames arrive as uint8 ``B×T×H×W×3`` and are normalised here, on the model's device,
+    with the CLIP model's own mean and std.
+    """
+
+    def __init__(self, clip: nn.Module, head: nn.Module, spec: ModelSpec, mean, std, image_size: tuple[int, int]):
+        super().__init__()
+        self.clip = clip
+        self.head = head
+        self.spec = spec
+        self.image_size = image_size
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def normalize_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``B×T×H×W×3`` → float ``(B·T)×3×H×W``, normalised as open_clip's preprocessing does."""
+        pixels = frames.to(self.pixel_mean.device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2).float()
+        return (pixels - self.pixel_mean) / self.pixel_std
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Projected CLS features per frame, ``B×T×D`` (not normalised)."""
+        batch, num_frames = frames.shape[:2]
+        features = self.clip.encode_image(self.normalize_frames(frames))
+        return features.view(batch, num_frames, -1)
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """The head, then CLIP4Clip's pooling: L2-normalise each frame, mean over frames, L2-normalise."""
+        frame_features = self.head(self.encode_frames(frames))
+        pooled = F.normalize(frame_features, dim=-1).mean(dim=1)
+        return F.normalize(pooled, dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The text tower's EOT feature, L2-normalised."""
+        return F.normalize(self.clip.encode_text(tokens.to(self.pixel_mean.device, non_blocking=True)), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep the learnable temperature at most 100, as CLIP and CLIP4Clip do after each step."""
+        self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(MAX_LOGIT_SCALE)).item())
+
+    def forward(self, frames: torch.Tensor, tokens: torch.Tensor):
+        # Returning the scale from forward lets DDP see every parameter used in the step.
+        return self.encode_video(frames), self.encode_text(tokens), self.logit_scale()
+
+
+def check_model_choice(name: str, pretrained: str, head: str) -> None:
+    """Fail fast, before any data is read or weights fetched, on a model, tag or head that cannot work."""
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See open_clip.list_models()."
+        raise VidretError(f"unknown model {name!r}.{hint}")
+    if head not in HEADS:
+        raise VidretError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained != "none" and not Path(pretrained).is_file() and pretrained not in tags:
+        raise VidretError(
+            f"--pretrained {pretrained!r} is neither a file nor an open_clip tag for {name} "
+            f"(tags: {', '.join(tags) or 'none'}; or 'none')"
+        )
+
+
+def create_clip(name: str, pretrained: str) -> nn.Module:
+    """An open_clip model with weights from a tag, a local file, or ``none`` (random init)."""
+    if pretrained == "none":
+        return open_clip.create_model(name, pretrained=None)
+    if Path(pretrained).is_file():
+        try:
+            return open_clip.create_model(name, pretrained=pretrained)
+        except Exception as error:  # open_clip fails in many ways on a foreign file (assertions, unpickling, keys)
+            reason = f"{type(error).__name__}: {first_line(error)}"
+            raise VidretError(f"--pretrained {pretrained}: not open_clip weights for {name} ({reason})") from None
+    try:
+        return open_clip.create_model(name, pretrained=pretrained)
+    except Exception as error:  # downloads fail in many ways (DNS, HTTP, proxy, hub offline)
+        raise VidretError(
+            f"could not fetch the {pretrained!r} weights for {name} ({first_line(error)}); "
+            f"download them where there is a network and pass the file: --pretrained /path/to/weights.bin"
+        ) from None
+
+
+def first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def text_transformer_parts(clip: nn.Module) -> tuple[torch.Tensor, list[nn.Module], int]:
+    """(token position embeddings, residual blocks, width) of a CLIP text tower."""
+    text = getattr(clip, "text", clip)  # open_clip's CustomTextCLIP keeps the text tower under .text
+    transformer = getattr(text, "transformer", None)
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None or not hasattr(text, "positional_embedding"):
+        raise VidretError("seqTransf needs a CLIP-style text transformer (resblocks); this model's text tower has none")
+    if not getattr(transformer, "batch_first", True):
+        raise VidretError("seqTransf needs an open_clip text transformer with batch_first=True")
+    return text.positional_embedding, list(blocks), transformer.width
+
+
+def create_head(name: str, clip: nn.Module, embed_dim: int) -> nn.Module:
+    if name == "meanP":
+        return MeanPooling()
+    if name == "seqLSTM":
+        return SequenceLSTM(embed_dim)
+    if name == "seqTransf":
+        position_embedding, blocks, width = text_transformer_parts(clip)
+        if width != embed_dim:
+            raise VidretError(
+                f"seqTransf reuses the text transformer (width {width}) on frame features of width {embed_dim}; "
+                "this model's widths differ, use meanP or seqLSTM"
+            )
+        if len(blocks) < SEQ_TRANSFORMER_LAYERS:
+            raise VidretError(f"seqTransf needs {SEQ_TRANSFORMER_LAYERS} text layers; the model has {len(blocks)}")
+        return SequenceTransformer(position_embedding, blocks[:SEQ_TRANSFORMER_LAYERS])
+    raise AssertionError(f"unknown head {name!r}")  # check_model_choice rejects it first
+
+
+def create_clip4clip(model: str = "ViT-B-32", pretrained: str = "none", head: str = "meanP") -> CLIP4Clip:
+    """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none) and a temporal head."""
+    check_model_choice(model, pretrained, head)
+    clip = create_clip(model, pretrained)
+    preprocess = open_clip.get_model_preprocess_cfg(clip)
+    embed_dim = clip.visual.output_dim
+    spec = ModelSpec(model=model, head=head, pretrained=pretrained)
+    image_size = (
+        tuple(preprocess["size"]) if isinstance(preprocess["size"], (list, tuple)) else (preprocess["size"],) * 2
+    )
+    clip4clip = CLIP4Clip(
+        clip, create_head(head, clip, embed_dim), spec, preprocess["mean"], preprocess["std"], image_size
+    )
+    clip4clip.clamp_logit_scale()
+    return clip4clip
+
+
+def get_tokenizer(model: str):
+    """open_clip's tokenizer for ``model``: a callable from a list of captions to a token tensor."""
+    return open_clip.get_tokenizer(model)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; full precision on the CPU, where bf16 is slow and tests compare exactly."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

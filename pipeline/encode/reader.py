@@ -1,0 +1,186 @@
+"""Read decoded frames (``RUN/frames``) for the encode stage.
+
+``FrameStore`` gives random access to any video's frames by ``video_id``: decode
+writes one row group per video, so a shuffled batch reads only its own videos.
+``prefetch_batches`` reads batches in background threads, a few batches ahead,
+into uint8 arrays (pinned memory when the model is on a GPU), so the device never
+waits on Parquet.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.errors import VidretError
+from pipeline.manifest import ManifestEntry
+from pipeline.stage import STAGE_FILE
+
+STATUS_FILE = "status.parquet"
+
+
+@dataclass(frozen=True)
+class FrameLocation:
+    part: Path
+    row_group: int
+    row: int  # within the row group; 0 for files written by decode (one video per row group)
+    shape: tuple[int, int, int, int]  # T, H, W, 3
+
+
+class FrameStore:
+    """Every decoded video in a frames directory, and every video's decode status."""
+
+    def __init__(self, frames_dir: Path | str):
+        self.directory = Path(frames_dir)
+        if not self.directory.is_dir():
+            raise VidretError(f"{self.directory}: no such frames directory (run `vidret decode` first)")
+        if not (self.directory / STAGE_FILE).is_file():
+            raise VidretError(f"{self.directory}: decode has not finished here (no {STAGE_FILE}); rerun vidret decode")
+        parts = sorted(self.directory.glob("part-*.parquet"))
+        self.locations: dict[str, FrameLocation] = {}
+        for part in parts:
+            self._index_part(part)
+        self.statuses = read_statuses(self.directory / STATUS_FILE)
+        self._local = threading.local()
+
+    def _index_part(self, part: Path) -> None:
+        handle = pq.ParquetFile(part)
+        table = handle.read(columns=["video_id", "num_frames", "height", "width"])
+        ids = table.column("video_id").to_pylist()
+        shapes = zip(*(table.column(name).to_pylist() for name in ("num_frames", "height", "width")), strict=True)
+        row_groups = [
+            (group, row)
+            for group in range(handle.num_row_groups)
+            for row in range(handle.metadata.row_group(group).num_rows)
+        ]
+        for video_id, (frames, height, width), (group, row) in zip(ids, shapes, row_groups, strict=True):
+            if video_id in self.locations:
+                raise VidretError(f"{part}: video {video_id!r} is also in {self.locations[video_id].part.name}")
+            self.locations[video_id] = FrameLocation(part, group, row, (frames, height, width, 3))
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.locations
+
+    def read(self, video_id: str) -> np.ndarray:
+        """The video's frames, uint8 ``T×H×W×3`` (a read-only view of the Parquet buffer)."""
+        location = self.locations[video_id]
+        handles = self._local.__dict__.setdefault("handles", {})  # ParquetFile is not shared across threads
+        if location.part not in handles:
+            handles[location.part] = pq.ParquetFile(location.part)
+        column = handles[location.part].read_row_group(location.row_group, columns=["frames"]).column(0)
+        buffer = column[location.row].as_buffer()
+        if buffer.size != np.prod(location.shape):
+            raise VidretError(
+                f"{location.part}: video {video_id!r} has {buffer.size} frame bytes, "
+                f"expected {'x'.join(map(str, location.shape))}"
+            )
+        return np.frombuffer(buffer, dtype=np.uint8).reshape(location.shape)
+
+    def frame_shape(self, video_ids: Iterable[str]) -> tuple[int, int, int, int]:
+        """The one frame shape of these videos; an error if they differ (a batch needs one shape)."""
+        shapes = Counter(self.locations[video_id].shape for video_id in video_ids)
+        if len(shapes) != 1:
+            listed = ", ".join(f"{count} × {'x'.join(map(str, shape[:3]))}" for shape, count in shapes.most_common())
+            raise VidretError(f"{self.directory}: videos have different frame shapes ({listed}); decode them alike")
+        return next(iter(shapes))
+
+
+def read_statuses(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise VidretError(f"{path}: missing; the frames directory is incomplete (rerun vidret decode)")
+    table = pq.read_table(path, columns=["video_id", "status"])
+    return dict(zip(table.column("video_id").to_pylist(), table.column("status").to_pylist(), strict=True))
+
+
+@dataclass
+class VideoSelection:
+    """The manifest videos of a split that have frames, and why the others have none."""
+
+    entries: list[ManifestEntry]
+    skipped: Counter = field(default_factory=Counter)  # decode status → count
+
+    def describe_skipped(self) -> str:
+        return ", ".join(f"{count} {status}" for status, count in sorted(self.skipped.items())) or "none"
+
+
+def select_videos(
+    store: FrameStore, manifest: list[ManifestEntry], split_entries: list[ManifestEntry]
+) -> VideoSelection:
+    """Match a split's manifest entries to decoded frames; an error where the two disagree.
+
+    A video without frames must have a failed decode status, so that it is counted, never
+    silently dropped. Frames of a video the manifest does not list mean the frames came
+    from another manifest.
+    """
+    listed = {entry.video_id for entry in manifest}
+    strangers = [video_id for video_id in store.locations if video_id not in listed]
+    if strangers:
+        raise VidretError(
+            f"manifest and frames disagree: {store.directory} has {len(strangers)} videos the manifest does not list "
+            f"(e.g. {strangers[0]!r}); were the frames decoded from another manifest?"
+        )
+    selection = VideoSelection(entries=[])
+    never_decoded = []
+    for entry in split_entries:
+        if entry.video_id in store:
+            selection.entries.append(entry)
+            continue
+        status = store.statuses.get(entry.video_id)
+        if status is None:
+            never_decoded.append(entry.video_id)
+        elif status == "ok":
+            raise VidretError(f"{store.directory}: {entry.video_id!r} has status ok but no frames in any part file")
+        else:
+            selection.skipped[status] += 1
+    if never_decoded:
+        raise VidretError(
+            f"manifest and frames disagree: {len(never_decoded)} videos of the manifest were not decoded into "
+            f"{store.directory} (e.g. {never_decoded[0]!r}); decode that split too"
+        )
+    return selection
+
+
+def prefetch_batches(
+    store: FrameStore, batches: Iterable[list[str]], threads: int = 4, depth: int = 2, pin_memory: bool = False
+) -> Iterator[torch.Tensor]:
+    """uint8 ``B×T×H×W×3`` tensors for each batch of video ids, read ``depth`` batches ahead."""
+    batches = iter(batches)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidret-frames") as pool:
+
+        def submit(video_ids: list[str]) -> None:
+            shape = store.frame_shape(video_ids)
+            frames = torch.empty((len(video_ids), *shape), dtype=torch.uint8, pin_memory=pin_memory)
+            array = frames.numpy()
+
+            def fill(index: int, video_id: str) -> None:
+                array[index] = store.read(video_id)
+
+            pending.append((frames, [pool.submit(fill, i, video_id) for i, video_id in enumerate(video_ids)]))
+
+        try:
+            for video_ids in batches:
+                submit(video_ids)
+                if len(pending) > depth:
+                    yield _wait(pending.popleft())
+            while pending:
+                yield _wait(pending.popleft())
+        finally:
+            for _, futures in pending:
+                for future in futures:
+                    future.cancel()
+
+
+def _wait(item) -> torch.Tensor:
+    frames, futures = item
+    for future in futures:
+        future.result()  # re-raises a reader error in the consumer
+    return frames

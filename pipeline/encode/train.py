@@ -1,0 +1,535 @@
+"""Train CLIP4Clip on decoded frames: ``vidret encode train RUN/frames --manifest M --out RUN/model``.
+
+Every caption of a training video is a sample. A step takes ``batch_size`` samples
+(the global batch: all ranks and all accumulation micro-batches together) and
+minimises open_clip's symmetric InfoNCE over all of them. Accumulation is exact:
+as in open_clip, features of the other micro-batches are cached without gradients,
+so the loss always sees the whole batch as negatives.
+
+The data order is a function of (seed, epoch) alone, so a run's position is just
+(epoch, step), and ``--resume`` continues exactly where ``last.pt`` left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from open_clip.loss import ClipLoss
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
+from pipeline.encode.distributed import World, barrier, close_world, init_world
+from pipeline.encode.embed import check_frame_size, evaluate
+from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
+from pipeline.encode.reader import FrameStore, prefetch_batches, select_videos
+from pipeline.errors import VidretError
+from pipeline.files import sha256_file, write_json
+from pipeline.manifest import read_manifest
+from pipeline.stage import library_versions, read_stage, remove_stage, write_stage
+
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The optimisation hyper-parameters; every field can be overridden from the command line."""
+
+    epochs: int
+    batch_size: int  # global: all ranks and accumulation steps together
+    lr: float  # new modules (the head); also the CLIP towers unless clip_lr is set
+    clip_lr: float | None
+    weight_decay: float  # none on biases and normalisation layers
+    warmup: float  # fraction of all steps, linear from warmup_start x lr
+    warmup_start: float
+    betas: tuple[float, float]
+    eps: float
+    grad_clip: float | None  # max global gradient norm
+
+
+RECIPES = {
+    # MMAction2 clip4clip_vit-base-p32-res224-clip-pre_8xb16-u12-5e_msrvtt-9k-rgb
+    "mmaction2": Recipe(
+        epochs=5, batch_size=128, lr=1e-5, clip_lr=None, weight_decay=0.05, warmup=0.1, warmup_start=0.05,
+        betas=(0.9, 0.98), eps=1e-8, grad_clip=None,
+    ),
+    # CLIP4Clip's MSR-VTT runs: lr 1e-4 with coef_lr 1e-3 for CLIP, warmup_proportion 0.1, max_grad_norm 1
+    "clip4clip": Recipe(
+        epochs=5, batch_size=128, lr=1e-4, clip_lr=1e-7, weight_decay=0.2, warmup=0.1, warmup_start=0.0,
+        betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0,
+    ),
+}  # fmt: skip
+
+
+def make_recipe(name: str, **overrides) -> Recipe:
+    if name not in RECIPES:
+        raise VidretError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    recipe = replace(RECIPES[name], **{key: value for key, value in overrides.items() if value is not None})
+    checks = [
+        (recipe.epochs >= 1, "--epochs must be at least 1"),
+        (recipe.batch_size >= 2, "--batch-size must be at least 2 (a contrastive batch needs negatives)"),
+        (recipe.lr > 0 and (recipe.clip_lr is None or recipe.clip_lr >= 0), "learning rates must be positive"),
+        (0 <= recipe.warmup < 1, "--warmup is a fraction of all steps, in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise VidretError(message)
+    return recipe
+
+
+@dataclass
+class TrainOptions:
+    frames_dir: Path
+    manifest: Path
+    out: Path
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+    head: str = "meanP"
+    recipe: Recipe = field(default_factory=lambda: RECIPES["mmaction2"])
+    recipe_name: str = "mmaction2"
+    accum_steps: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    video_root: Path | None = None
+    device: str = "auto"
+    workers: int = 4  # frame-reading threads per process
+    prefetch: int = 2  # batches read ahead
+    eval_batch_size: int = 64
+    save_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps of this run
+    resume: bool = False
+    force: bool = False
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise VidretError(f"--accum-steps must be at least 1, got {self.accum_steps}")
+        if self.workers < 1 or self.prefetch < 1:
+            raise VidretError("--workers and --prefetch must be at least 1")
+        if self.resume and self.force:
+            raise VidretError("--resume continues a run and --force starts over; pass one of them")
+        check_model_choice(self.model, self.pretrained, self.head)
+
+    def run_params(self) -> dict:
+        """What determines the trained weights: a resumed run must match these."""
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "head": self.head,
+            "recipe": self.recipe_name,
+            **{key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self.recipe).items()},
+            "seed": self.seed,
+            "deterministic": self.deterministic,
+        }
+
+
+@dataclass
+class TrainSummary:
+    out: Path
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    epochs_done: int = 0
+    stopped_early: bool = False
+    best: dict | None = None
+    last_loss: float = float("nan")
+    is_main: bool = True  # under torchrun, only rank 0 reports
+
+    def line(self) -> str:
+        rate = self.samples / self.seconds if self.seconds else 0.0
+        best = f", best val t2v R@1 {self.best['t2v']['R@1']:.1f} (epoch {self.best['epoch']})" if self.best else ""
+        state = "stopped early; --resume continues" if self.stopped_early else f"{self.epochs_done} epochs"
+        return (
+            f"train: {self.steps} steps ({state}), {self.samples} videos in {self.seconds:.1f} s "
+            f"({rate:.1f} videos/s), loss {self.last_loss:.4f}{best} -> {self.out}"
+        )
+
+
+def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
+    """Linear warm-up from ``warmup_start`` to 1, then cosine to 0."""
+    warmup_steps = round(recipe.warmup * total_steps)
+    if step < warmup_steps:
+        return recipe.warmup_start + (1 - recipe.warmup_start) * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: CLIP4Clip, recipe: Recipe) -> list[dict]:
+    """Four groups: (CLIP towers | new modules) x (decayed | biases and norms, not decayed)."""
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for module_name, module in model.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
+            decay = not (isinstance(module, norm_types) or name.endswith("bias"))
+            groups.setdefault((module_name.startswith("clip"), decay), []).append(parameter)
+    clip_lr = recipe.lr if recipe.clip_lr is None else recipe.clip_lr
+    return [
+        {"params": params, "lr": clip_lr if is_clip else recipe.lr, "weight_decay": recipe.weight_decay * decay}
+        for (is_clip, decay), params in sorted(groups.items())
+    ]
+
+
+def make_loss(world: World) -> ClipLoss:
+    """Symmetric InfoNCE over the global batch: features are all-gathered with their gradients."""
+    return ClipLoss(gather_with_grad=True, cache_labels=True, rank=world.rank, world_size=world.size)
+
+
+def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def micro_batches(batch: np.ndarray, accum_steps: int, world: World) -> list[np.ndarray]:
+    """This rank's share of each accumulation step: the global batch is split by step, then by rank."""
+    per_step = len(batch) // accum_steps
+    per_rank = per_step // world.size
+    return [
+        batch[step * per_step + world.rank * per_rank : step * per_step + (world.rank + 1) * per_rank]
+        for step in range(accum_steps)
+    ]
+
+
+def rng_state() -> dict:
+    """torch's generators: the data order needs none (it is a function of seed and epoch)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this before its first call to be reproducible.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+class Trainer:
+    """One training run: the model, its optimiser and schedule, the data order, and checkpoints."""
+
+    def __init__(self, options: TrainOptions, world: World):
+        self.options, self.world, self.recipe = options, world, options.recipe
+        self.out = Path(options.out)
+        self.store = FrameStore(options.frames_dir)
+        manifest = read_manifest(options.manifest, options.video_root)
+        split = {name: [entry for entry in manifest if entry.split == name] for name in ("train", "val")}
+        train = select_videos(self.store, manifest, split["train"])
+        self.val = select_videos(self.store, manifest, split["val"]).entries
+        self.video_ids = [entry.video_id for entry in train.entries for _ in entry.captions]
+        captions = [caption for entry in train.entries for caption in entry.captions]
+        self._check_batching(len(captions))
+        self.steps_per_epoch = len(captions) // self.recipe.batch_size
+        self.total_steps = self.steps_per_epoch * self.recipe.epochs
+
+        seed_everything(options.seed, options.deterministic)
+        self.model = create_clip4clip(options.model, options.pretrained, options.head)
+        every_video = {*self.video_ids, *(entry.video_id for entry in self.val)}
+        check_frame_size(self.model, self.store.frame_shape(every_video), Path(options.frames_dir))
+        self.model.to(world.device).train()
+        self.tokens = get_tokenizer(options.model)(captions)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, self.recipe), betas=self.recipe.betas, eps=self.recipe.eps
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.total_steps, self.recipe)
+        )
+        self.loss = make_loss(world)
+        self.network: nn.Module = self.model
+        if world.distributed:
+            self.network = DistributedDataParallel(
+                self.model, device_ids=[world.device.index] if world.device.type == "cuda" else None
+            )
+        if options.compile:
+            self.network = torch.compile(self.network)
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.epoch_losses: list[float] = []  # of the current epoch, kept across --resume
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.input_record = {
+            "frames": str(Path(options.frames_dir).absolute()),
+            "frames_fingerprint": (read_stage(self.store.directory) or {}).get("input", {}).get("fingerprint"),
+            "manifest": str(Path(options.manifest).absolute()),
+            "manifest_sha256": sha256_file(Path(options.manifest)),
+            "train_videos": len(train.entries),
+            "train_samples": len(captions),
+            "val_videos": len(self.val),
+            "skipped": {"train": dict(train.skipped)},
+        }
+
+    def _check_batching(self, num_samples: int) -> None:
+        batch, accum, world = self.recipe.batch_size, self.options.accum_steps, self.world.size
+        if batch % (accum * world):
+            raise VidretError(f"--batch-size {batch} must divide evenly into --accum-steps {accum} x {world} processes")
+        if num_samples < batch:
+            raise VidretError(
+                f"the train split has {num_samples} caption-video pairs with frames, fewer than --batch-size {batch}"
+            )
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.world.is_main:
+            save_checkpoint(
+                self.out / LAST_CHECKPOINT,
+                {
+                    **model_state(self.model),
+                    "params": self.options.run_params(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "position": {
+                        "epoch": self.epoch,
+                        "step": self.step,
+                        "global_step": self.global_step,
+                        "epoch_losses": self.epoch_losses,
+                    },  # fmt: skip
+                    "history": self.history,
+                    "best": self.best,
+                    "epoch": self.epoch,
+                },
+            )
+        barrier(self.world)
+
+    def restore(self) -> None:
+        payload = read_checkpoint(self.out / LAST_CHECKPOINT)
+        saved, current = payload.get("params", {}), self.options.run_params()
+        differ = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
+        if differ:
+            raise VidretError(
+                f"{self.out / LAST_CHECKPOINT}: --resume with other training parameters ({'; '.join(differ)}); "
+                "use the original ones, or --force to start over"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        set_rng_state(payload["rng"])
+        position = payload["position"]
+        self.epoch, self.step, self.global_step = position["epoch"], position["step"], position["global_step"]
+        self.epoch_losses = position["epoch_losses"]
+        self.history, self.best = payload["history"], payload["best"]
+
+    def prepare_output(self) -> None:
+        """Refuse to overwrite a run unless asked; never delete one before the new run has a checkpoint."""
+        last = self.out / LAST_CHECKPOINT
+        if self.options.resume:
+            if not last.is_file():
+                raise VidretError(f"--resume: {last} does not exist; start a new run without --resume")
+            self.restore()
+        elif last.is_file() and not self.options.force:
+            raise VidretError(f"{self.out} already holds a training run; pass --resume to continue it or --force")
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_stage(self.out)
+        barrier(self.world)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimiser step over the micro-batches; returns the loss of the whole global batch."""
+        loss = self.backward(batches)
+        if self.recipe.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.model.clamp_logit_scale()
+        return loss
+
+    def backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Gradients of the global batch's loss, whatever the number of micro-batches."""
+        device, network = self.world.device, self.network
+        if len(batches) > 1:
+            with torch.no_grad(), autocast_for(device):
+                cached = [network(frames, tokens)[:2] for frames, tokens in batches]
+        for index, (frames, tokens) in enumerate(batches):
+            last = index == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.world.distributed else network.no_sync()
+            with sync:
+                with autocast_for(device):
+                    videos, texts, scale = network(frames, tokens)
+                if len(batches) > 1:
+                    videos = torch.cat([*(c[0] for c in cached[:index]), videos, *(c[0] for c in cached[index + 1 :])])
+                    texts = torch.cat([*(c[1] for c in cached[:index]), texts, *(c[1] for c in cached[index + 1 :])])
+                    # Each micro-batch sees the whole loss; the scale's gradient must be counted once.
+                    scale = scale if last else scale.detach()
+                loss = self.loss(videos.float(), texts.float(), scale.float())
+                loss.backward()
+        return loss.item()
+
+    def epoch_batches(self):
+        """(frames, tokens) micro-batches of this rank, from the current position to the epoch's end."""
+        order = epoch_order(self.options.seed, self.epoch, len(self.video_ids))
+        batch = self.recipe.batch_size
+        parts = [
+            part
+            for step in range(self.step, self.steps_per_epoch)
+            for part in micro_batches(order[step * batch : (step + 1) * batch], self.options.accum_steps, self.world)
+        ]
+        frames = prefetch_batches(
+            self.store,
+            ([self.video_ids[i] for i in part] for part in parts),
+            threads=self.options.workers,
+            depth=self.options.prefetch,
+            pin_memory=self.world.device.type == "cuda",
+        )
+        for part, video_frames in zip(parts, frames, strict=True):
+            yield video_frames, self.tokens[torch.from_numpy(part)]
+
+    def validate(self) -> dict | None:
+        if not self.val:
+            return None
+        metrics = evaluate(
+            self.model, self.store, self.val, self.world, self.options.eval_batch_size, self.options.workers
+        )
+        return {"epoch": self.epoch + 1, "t2v": metrics["t2v"], "v2t": metrics["v2t"]}
+
+    def run(self) -> TrainSummary:
+        options, recipe = self.options, self.recipe
+        self.prepare_output()
+        summary = TrainSummary(self.out, epochs_done=self.epoch, is_main=self.world.is_main)
+        say = tqdm.write if self.world.is_main else (lambda _: None)
+        bar = tqdm(
+            total=self.total_steps, initial=self.global_step, unit="step", desc="train",
+            disable=not (options.progress and self.world.is_main),
+        )  # fmt: skip
+        with bar:
+            while self.epoch < recipe.epochs:
+                started = time.perf_counter()
+                steps_before = self.step
+                batches = self.epoch_batches()
+                while self.step < self.steps_per_epoch:
+                    step_batches = [next(batches) for _ in range(options.accum_steps)]
+                    self.epoch_losses.append(self.train_step(step_batches))
+                    self.step += 1
+                    self.global_step += 1
+                    summary.steps += 1
+                    summary.samples += recipe.batch_size
+                    summary.last_loss = self.epoch_losses[-1]
+                    elapsed = summary.seconds + time.perf_counter() - started
+                    bar.set_postfix(
+                        loss=f"{summary.last_loss:.4f}",
+                        lr=f"{self.scheduler.get_last_lr()[-1]:.2e}",
+                        videos_s=f"{summary.samples / elapsed:.1f}",
+                    )
+                    bar.update()
+                    stop = options.stop_after is not None and summary.steps >= options.stop_after
+                    if stop or (options.save_every and self.global_step % options.save_every == 0):
+                        self.save()
+                    if stop and self.step < self.steps_per_epoch:
+                        batches.close()
+                        summary.seconds += time.perf_counter() - started
+                        summary.stopped_early = True
+                        return summary
+                seconds = time.perf_counter() - started
+                summary.seconds += seconds
+                self.end_epoch((self.step - steps_before) * recipe.batch_size / seconds, say)
+                summary.epochs_done = self.epoch
+                if (
+                    options.stop_after is not None
+                    and summary.steps >= options.stop_after
+                    and self.epoch < recipe.epochs
+                ):
+                    summary.stopped_early = True
+                    return summary
+        summary.best = self.best
+        self.finish(summary)
+        return summary
+
+    def end_epoch(self, videos_per_second: float, say) -> None:
+        val = self.validate()
+        record = {
+            "epoch": self.epoch + 1,
+            "loss": float(np.mean(self.epoch_losses)),
+            "videos_per_second": round(videos_per_second, 2),  # this run's steps of the epoch
+            "val": val,
+        }
+        self.history.append(record)
+        say(describe_epoch(record, self.recipe.epochs))
+        self.epoch += 1
+        self.step = 0
+        self.epoch_losses = []
+        # Selected on the validation split only, never on test; without a val split, the latest epoch.
+        if val is None or self.best is None or is_better(val, self.best):
+            self.best = val
+            if self.world.is_main:
+                save_checkpoint(
+                    self.out / BEST_CHECKPOINT, {**model_state(self.model), "epoch": self.epoch, "val": val}
+                )
+        self.save()
+        if self.world.is_main:
+            write_json(self.out / HISTORY_FILE, self.history)
+
+    def finish(self, summary: TrainSummary) -> None:
+        if not self.world.is_main:
+            return
+        write_stage(
+            self.out,
+            {
+                "stage": "train",
+                "params": self.options.run_params(),
+                "accum_steps": self.options.accum_steps,
+                "world_size": self.world.size,
+                "device": str(self.world.device),
+                "input": self.input_record,
+                "steps": {"per_epoch": self.steps_per_epoch, "total": self.total_steps},
+                "best": self.best,
+                "history": self.history,
+                "checkpoints": {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT},
+                "throughput": {
+                    "seconds": round(summary.seconds, 3),
+                    "videos_per_second": round(summary.samples / summary.seconds, 2) if summary.seconds else None,
+                },
+                "libraries": library_versions("torch", "open_clip_torch", "pyarrow"),
+            },
+        )
+
+
+def is_better(val: dict, best: dict) -> bool:
+    """Higher text-to-video R@1; on a tie, lower mean rank."""
+    return (val["t2v"]["R@1"], -val["t2v"]["MnR"]) > (best["t2v"]["R@1"], -best["t2v"]["MnR"])
+
+
+def describe_epoch(record: dict, epochs: int) -> str:
+    line = f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}"
+    val = record["val"]
+    if val is None:
+        return line + "; no val split, so no validation"
+    t2v, v2t = val["t2v"], val["v2t"]
+    return (
+        f"{line}; val t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} R@10 {t2v['R@10']:.1f} "
+        f"MdR {t2v['MdR']:g} MnR {t2v['MnR']:.1f} | v2t R@1 {v2t['R@1']:.1f} R@5 {v2t['R@5']:.1f} "
+        f"R@10 {v2t['R@10']:.1f} MdR {v2t['MdR']:g} MnR {v2t['MnR']:.1f}"
+    )
+
+
+def train(options: TrainOptions) -> TrainSummary:
+    """Train (or, with ``resume``, continue training) and write ``best.pt``, ``last.pt`` and stage.json."""
+    world = init_world(options.device)
+    try:
+        return Trainer(options, world).run()
+    finally:
+        close_world(world)

@@ -1,0 +1,290 @@
+"""The encode stage on real decoded frames: training, checkpoints, resume, DDP, embedding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.encode.checkpoint import LAST_CHECKPOINT, read_checkpoint
+from pipeline.encode.distributed import World
+from pipeline.encode.embed import EmbedOptions, embed
+from pipeline.encode.reader import FrameStore, prefetch_batches
+from pipeline.encode.train import Trainer, TrainOptions, lr_factor, make_loss, make_recipe, micro_batches, train
+from pipeline.errors import VidretError
+from pipeline.manifest import read_manifest, write_manifest
+
+MODEL = "vidret-micro"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_options(data, out, **overrides) -> TrainOptions:
+    recipe = make_recipe("mmaction2", **{"epochs": 2, "batch_size": 8, "lr": 1e-3, **overrides.pop("recipe", {})})
+    defaults = dict(model=MODEL, pretrained="none", head="seqTransf", recipe=recipe, device="cpu", progress=False)
+    return TrainOptions(frames_dir=data["frames"], manifest=data["manifest"], out=out, **{**defaults, **overrides})
+
+
+def torchrun_two_processes(*args) -> subprocess.CompletedProcess:
+    """``vidret ARGS`` on the CPU in two gloo processes under torchrun; asserts that it succeeded."""
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cli.main"]
+    command = [*launch, *map(str, args), "--device", "cpu", "--no-progress"]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    return ran
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def relative_update_differences(options: TrainOptions, a: dict, b: dict) -> dict[str, float]:
+    """Per tensor, |a - b| / |a - initial weights|: how far two runs' updates differ, relative to their size.
+
+    The key bias of every attention layer is left out: softmax ignores a constant added to all of a
+    query's logits, so its true gradient is zero and AdamW turns float rounding noise into full-size steps.
+    """
+    initial = Trainer(options, _one()).model.state_dict()
+    differences = {}
+    for name in a:
+        first, second, start = a[name].clone(), b[name].clone(), initial[name].clone()
+        if name.endswith("attn.in_proj_bias"):
+            width = len(first) // 3
+            for tensor in (first, second, start):
+                tensor[width : 2 * width] = 0
+        if (first - start).norm() > 0:
+            differences[name] = ((first - second).norm() / (first - start).norm()).item()
+    return differences
+
+
+def test_loss_equals_symmetric_infonce_computed_directly():
+    """open_clip's ClipLoss, as training builds it, is CLIP's symmetric cross-entropy."""
+    generator = torch.Generator().manual_seed(0)
+    videos = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)
+    scale = torch.tensor(20.0)
+    logits = scale * videos @ texts.T
+    expected = 0
+    for row in range(5):  # -log softmax of the matching pair, both directions
+        expected += -torch.log_softmax(logits[row], 0)[row] - torch.log_softmax(logits[:, row], 0)[row]
+    expected /= 2 * 5
+    loss = make_loss(World(rank=0, size=1, device=torch.device("cpu")))(videos, texts, scale)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # Matching pairs scored higher make it smaller.
+    assert make_loss(World(0, 1, torch.device("cpu")))(videos, videos, scale) < loss
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    recipe = make_recipe("mmaction2", epochs=5)  # warm-up: 10% of the steps from 0.05 x lr
+    factors = [lr_factor(step, 100, recipe) for step in range(101)]
+    assert factors[0] == pytest.approx(0.05)
+    assert factors[5] == pytest.approx(0.05 + 0.95 * 0.5)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5)
+    assert factors[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+
+
+def test_micro_batches_split_the_global_batch_by_step_then_rank():
+    batch = np.arange(8)
+    shares = [micro_batches(batch, 2, World(rank, 2, torch.device("cpu"))) for rank in range(2)]
+    assert [part.tolist() for part in shares[0]] == [[0, 1], [4, 5]]
+    assert [part.tolist() for part in shares[1]] == [[2, 3], [6, 7]]
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(decoded_synthetic, tmp_path):
+    options = train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 6})
+    summary = train(options)
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
+    losses = [record["loss"] for record in history]
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert summary.steps == 6 * (3 * 28 // 8)  # 28 decoded train videos with 3 captions; the lost one skipped
+    assert all(record["val"]["t2v"]["R@1"] >= 0 for record in history)
+    stage = json.loads((tmp_path / "model" / "stage.json").read_text())
+    assert stage["input"]["skipped"] == {"train": {"missing": 1}}
+    assert stage["best"] == max((r["val"] for r in history), key=lambda v: (v["t2v"]["R@1"], -v["t2v"]["MnR"]))
+    best = read_checkpoint(tmp_path / "model" / "best.pt")
+    assert best["epoch"] == stage["best"]["epoch"]
+    assert not list((tmp_path / "model").glob(".*tmp-*"))
+
+
+def test_resumed_run_equals_an_uninterrupted_one(decoded_synthetic, tmp_path):
+    whole = train(train_options(decoded_synthetic, tmp_path / "whole"))
+    stopped = train(train_options(decoded_synthetic, tmp_path / "split", stop_after=4))  # mid-epoch: 10 per epoch
+    assert stopped.stopped_early and stopped.steps == 4
+    assert not (tmp_path / "split" / "stage.json").exists()
+    resumed = train(train_options(decoded_synthetic, tmp_path / "split", resume=True))
+    assert resumed.steps == whole.steps - 4
+    expected, got = weights(tmp_path / "whole" / LAST_CHECKPOINT), weights(tmp_path / "split" / LAST_CHECKPOINT)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    history = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("whole", "split")]
+    assert [r["loss"] for r in history[0]] == [r["loss"] for r in history[1]]
+
+
+def test_exact_accumulation_gives_the_full_batch_gradients(decoded_synthetic, tmp_path):
+    """Four micro-batches of 2 give the gradients of one batch of 8, the logit scale's included.
+
+    (Compared before the optimiser: AdamW's update is blind to a gradient scaled by a constant.)
+    """
+    gradients = []
+    for accum_steps in (1, 4):
+        trainer = Trainer(train_options(decoded_synthetic, tmp_path / "m", accum_steps=accum_steps), _one())
+        batches = trainer.epoch_batches()
+        loss = trainer.backward([next(batches) for _ in range(accum_steps)])
+        batches.close()
+        gradients.append((loss, {name: p.grad.clone() for name, p in trainer.model.named_parameters()}))
+    (full_loss, full), (accumulated_loss, accumulated) = gradients
+    assert accumulated_loss == pytest.approx(full_loss, rel=1e-6)
+    assert full.keys() == accumulated.keys()
+    for name in full:
+        assert torch.allclose(accumulated[name], full[name], rtol=1e-4, atol=1e-7), name
+    assert full["clip.logit_scale"].abs() > 1e-4  # the scale does get a gradient, counted once
+
+
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(decoded_synthetic, tmp_path):
+    """torchrun, 2 processes, gloo: the same global batch of 8, so the same updates up to float summation order.
+
+    Tolerance: after 20 AdamW steps at lr 1e-3, each tensor's update differs from the one-process run's by
+    under 1% of its size (measured: at most 0.24%), the key biases aside (see relative_update_differences).
+    """
+    common = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"], "--model", MODEL]
+    common += ["--pretrained", "none", "--head", "seqTransf", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3"]
+    ran = torchrun_two_processes("encode", "train", *common, "--out", tmp_path / "ddp")
+    assert ran.stdout.count("train: 20 steps") == 1  # rank 0 alone reports
+    assert read_checkpoint(tmp_path / "ddp" / LAST_CHECKPOINT)["params"]["batch_size"] == 8
+    train(train_options(decoded_synthetic, tmp_path / "single"))
+    single, ddp = weights(tmp_path / "single" / LAST_CHECKPOINT), weights(tmp_path / "ddp" / LAST_CHECKPOINT)
+    differences = relative_update_differences(train_options(decoded_synthetic, tmp_path / "x"), single, ddp)
+    assert max(differences.values()) < 1e-2, sorted(differences.items(), key=lambda item: -item[1])[:3]
+    histories = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("single", "ddp")]
+    assert [r["loss"] for r in histories[0]] == pytest.approx([r["loss"] for r in histories[1]], rel=1e-5)
+
+
+def test_two_process_embedding_equals_one_process(decoded_synthetic, tmp_path):
+    """Each rank embeds every other video; rank 0 writes them back in manifest order."""
+    common = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"], "--model", MODEL]
+    common += ["--pretrained", "none", "--split", "all", "--batch-size", "3"]
+    ran = torchrun_two_processes("encode", "embed", *common, "--out", tmp_path / "ddp")
+    assert ran.stdout.count("embed: 40 videos") == 1
+    data = decoded_synthetic["frames"], decoded_synthetic["manifest"]
+    embed(EmbedOptions(*data, tmp_path / "single", model=MODEL, pretrained="none", split="all", progress=False))
+    for name in ("videos.parquet", "texts.parquet"):
+        single, ddp = (pq.read_table(tmp_path / run / name).to_pandas() for run in ("single", "ddp"))
+        assert single["video_id"].tolist() == ddp["video_id"].tolist()
+        assert np.allclose(np.stack(single["embedding"]), np.stack(ddp["embedding"]), atol=1e-6)
+
+
+def test_embed_writes_unit_norm_embeddings_with_ids_and_counts(decoded_synthetic, tmp_path):
+    train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}))
+    summary = embed(
+        EmbedOptions(
+            frames_dir=decoded_synthetic["frames"], manifest=decoded_synthetic["manifest"], out=tmp_path / "emb",
+            checkpoint=tmp_path / "model" / "best.pt", device="cpu", progress=False, batch_size=3,
+        )
+    )  # fmt: skip
+    test = [entry for entry in read_manifest(decoded_synthetic["manifest"]) if entry.split == "test"]
+    decoded = [entry for entry in test if not entry.video_id.startswith("lost")]
+    videos, texts = (pq.read_table(tmp_path / "emb" / name).to_pandas() for name in ("videos.parquet", "texts.parquet"))
+    assert videos["video_id"].tolist() == [entry.video_id for entry in decoded]
+    assert texts["video_id"].tolist() == [entry.video_id for entry in decoded for _ in entry.captions]
+    assert texts["caption"].tolist() == [caption for entry in decoded for caption in entry.captions]
+    for table in (videos, texts):
+        norms = np.linalg.norm(np.stack(table["embedding"].to_numpy()), axis=1)
+        assert np.allclose(norms, 1, atol=1e-5)
+        assert len(table["embedding"][0]) == 32
+    assert summary.skipped == {"missing": 1}
+    assert "1 videos skipped (1 missing)" in summary.line()
+    stage = json.loads((tmp_path / "emb" / "stage.json").read_text())
+    assert stage["counts"] == {"videos": len(decoded), "texts": len(texts), "skipped": {"missing": 1}}
+    assert stage["model"]["head"] == "seqTransf" and stage["model"]["checkpoint"].endswith("best.pt")
+
+
+def test_zero_shot_meanp_equals_direct_open_clip_on_a_saved_state_dict(decoded_synthetic, tmp_path):
+    torch.manual_seed(7)
+    clip = open_clip.create_model(MODEL)
+    torch.save(clip.state_dict(), tmp_path / "weights.pt")
+    embed(
+        EmbedOptions(
+            frames_dir=decoded_synthetic["frames"], manifest=decoded_synthetic["manifest"], out=tmp_path / "emb",
+            model=MODEL, pretrained=str(tmp_path / "weights.pt"), head="meanP", device="cpu", progress=False,
+        )
+    )  # fmt: skip
+    table = pq.read_table(tmp_path / "emb" / "videos.parquet").to_pandas()
+    store = FrameStore(decoded_synthetic["frames"])
+    preprocess = open_clip.get_model_preprocess_cfg(clip)
+    mean, std = (torch.tensor(preprocess[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
+    clip.eval()
+    for video_id, embedding in zip(table["video_id"], table["embedding"], strict=True):
+        pixels = torch.from_numpy(store.read(video_id).copy()).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            frames = F.normalize(clip.encode_image((pixels - mean) / std), dim=-1)
+        expected = F.normalize(frames.mean(0), dim=0)
+        assert torch.allclose(torch.tensor(embedding), expected, atol=1e-5), video_id
+
+
+def test_prefetch_yields_every_batch_in_order(decoded_synthetic):
+    store = FrameStore(decoded_synthetic["frames"])
+    ids = sorted(store.locations)
+    batches = [ids[start : start + 5] for start in range(0, len(ids), 5)]
+    got = list(prefetch_batches(store, batches, threads=3, depth=2))
+    assert [len(frames) for frames in got] == [len(batch) for batch in batches]
+    for frames, batch in zip(got, batches, strict=True):
+        assert frames.dtype == torch.uint8 and tuple(frames.shape[1:]) == (4, 32, 32, 3)
+        assert all(np.array_equal(frames[i].numpy(), store.read(video_id)) for i, video_id in enumerate(batch))
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_missing_frames_directory_is_a_clear_error(decoded_synthetic, tmp_path):
+    with pytest.raises(VidretError, match="no such frames directory"):
+        train(train_options({**decoded_synthetic, "frames": tmp_path / "nowhere"}, tmp_path / "model"))
+
+
+def test_frames_from_another_manifest_are_refused(decoded_synthetic, tmp_path):
+    records = [json.loads(line) for line in decoded_synthetic["manifest"].read_text().splitlines()]
+    other = tmp_path / "other.jsonl"
+    write_manifest(other, [record for record in records if record["video_id"] != records[0]["video_id"]])
+    with pytest.raises(VidretError, match="manifest and frames disagree: .* videos the manifest does not list"):
+        train(train_options({**decoded_synthetic, "manifest": other}, tmp_path / "model"))
+    bigger = tmp_path / "bigger.jsonl"
+    write_manifest(bigger, [*records, {**records[0], "video_id": "never-decoded", "split": "test"}])
+    with pytest.raises(VidretError, match="manifest and frames disagree: 1 videos of the manifest were not decoded"):
+        embed(EmbedOptions(decoded_synthetic["frames"], bigger, tmp_path / "emb", model=MODEL, pretrained="none"))
+
+
+def test_frame_size_must_match_the_model(decoded_synthetic, tmp_path):
+    with pytest.raises(VidretError, match="frames are 32x32 but vidret-tiny takes 112x112; decode with --size 112"):
+        train(train_options(decoded_synthetic, tmp_path / "model", model="vidret-tiny", head="meanP"))
+
+
+def test_an_existing_run_is_kept_unless_resumed_or_forced(decoded_synthetic, tmp_path):
+    train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}))
+    before = (tmp_path / "model" / LAST_CHECKPOINT).read_bytes()
+    with pytest.raises(VidretError, match="already holds a training run; pass --resume"):
+        train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}))
+    with pytest.raises(VidretError, match=r"--resume with other training parameters \(lr 0.001 -> 0.002"):
+        train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1, "lr": 2e-3}, resume=True))
+    assert (tmp_path / "model" / LAST_CHECKPOINT).read_bytes() == before
+    with pytest.raises(VidretError, match="--resume: .* does not exist"):
+        train(train_options(decoded_synthetic, tmp_path / "fresh", resume=True))
+
+
+def test_batch_size_must_split_evenly_and_fit_the_data(decoded_synthetic, tmp_path):
+    with pytest.raises(VidretError, match="--batch-size 10 must divide evenly into --accum-steps 4"):
+        Trainer(train_options(decoded_synthetic, tmp_path / "m", recipe={"batch_size": 10}, accum_steps=4), _one())
+    with pytest.raises(VidretError, match="the train split has 84 caption-video pairs with frames, fewer than"):
+        Trainer(train_options(decoded_synthetic, tmp_path / "m", recipe={"batch_size": 128}), _one())
+
+
+def _one() -> World:
+    return World(rank=0, size=1, device=torch.device("cpu"))

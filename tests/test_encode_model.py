@@ -1,0 +1,454 @@
+"""CLIP4Clip on open_clip (pipeline.encode.model) and its checkpoints (pipeline.encode.checkpoint).
+
+Everything runs on real open_clip models built from the project's ``vidret-micro`` config
+(32x32 frames, 32-d embeddings), with random weights: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.encode.checkpoint import load_model, model_state, read_checkpoint, save_checkpoint
+from pipeline.encode.model import (
+    HEADS,
+    MAX_LOGIT_SCALE,
+    SEQ_TRANSFORMER_LAYERS,
+    ModelSpec,
+    autocast_for,
+    create_clip4clip,
+    get_tokenizer,
+)
+from pipeline.errors import VidretError
+
+MODEL = "vidret-micro"
+SIZE = 32  # vidret-micro's image size
+DIM = 32  # vidret-micro's embed_dim
+EOT = 49407  # open_clip's end-of-text token: the largest id; padding is 0
+PROJECT = Path(__file__).resolve().parents[1]
+
+# Extra configs registered with open_clip for the tests; vidret-micro with one thing changed.
+MICRO_CONFIG = json.loads((PROJECT / "pipeline/encode/model_configs/vidret-micro.json").read_text())
+DEEP = "vidret-test-deep-text"  # 6 text layers: seqTransf must take the first 4
+NARROW = "vidret-test-narrow-embed"  # embed_dim 16 != text width 32
+SHALLOW = "vidret-test-shallow-text"  # 2 text layers < 4
+
+
+@pytest.fixture(scope="module")
+def extra_models(tmp_path_factory) -> None:
+    """Write and register the extra open_clip configs."""
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    variants = {
+        DEEP: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "layers": 6}},
+        NARROW: {"embed_dim": 16},
+        SHALLOW: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "layers": 2}},
+    }
+    for name, change in variants.items():
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps({**MICRO_CONFIG, **change}))
+        open_clip.add_model_config(path)
+    assert {DEEP, NARROW, SHALLOW} <= set(open_clip.list_models())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster, and much faster on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(head: str, model: str = MODEL, seed: int = 0):
+    torch.manual_seed(seed)
+    return create_clip4clip(model, "none", head).eval()
+
+
+def random_frames(batch: int, num_frames: int, seed: int = 0) -> torch.Tensor:
+    """uint8 B×T×H×W×3 noise frames."""
+    generator = np.random.default_rng(seed)
+    return torch.from_numpy(generator.integers(0, 256, (batch, num_frames, SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def tokens(*captions: str) -> torch.Tensor:
+    return get_tokenizer(MODEL)(list(captions))
+
+
+def assert_state_dicts_equal(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    different = [key for key in expected if not torch.equal(actual[key], expected[key])]
+    assert not different, f"tensors differ: {different}"
+
+
+def assert_one_line(error: VidretError, *needles: str) -> None:
+    message = str(error)
+    assert "\n" not in message, f"message is not one line: {message!r}"
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("head", HEADS)
+def test_head_output_shapes_and_norms(head):
+    """Every head maps uint8 B×T×H×W×3 frames to B×T×D frame features and unit B×D videos; text is unit B×D;
+    forward returns (video, text, scalar logit scale <= 100)."""
+    model = make_model(head)
+    frames = random_frames(2, 3)
+    text = tokens("a cat on a mat", "a dog")
+
+    assert model.encode_frames(frames).shape == (2, 3, DIM)
+    video = model.encode_video(frames)
+    assert video.shape == (2, DIM)
+    torch.testing.assert_close(video.norm(dim=-1), torch.ones(2))
+    text_features = model.encode_text(text)
+    assert text_features.shape == (2, DIM)
+    torch.testing.assert_close(text_features.norm(dim=-1), torch.ones(2))
+
+    forward_video, forward_text, scale = model(frames, text)
+    torch.testing.assert_close(forward_video, video)
+    torch.testing.assert_close(forward_text, text_features)
+    assert scale.ndim == 0 and 0 < scale.item() <= MAX_LOGIT_SCALE
+
+
+@pytest.mark.parametrize("name", [MODEL, DEEP])
+def test_seq_transformer_copies_first_text_layers(extra_models, name):
+    """seqTransf's 4 blocks and position embeddings start equal to the text transformer's first 4 blocks and
+    token position embeddings, but are copies: distinct parameters, edits on either side stay on that side."""
+    model = make_model("seqTransf", name)
+    head, clip = model.head, model.clip
+    resblocks = clip.transformer.resblocks
+    assert len(resblocks) == (6 if name == DEEP else 4)
+    assert len(head.blocks) == SEQ_TRANSFORMER_LAYERS == 4
+    for i, block in enumerate(head.blocks):
+        assert_state_dicts_equal(block.state_dict(), resblocks[i].state_dict())
+    # The text blocks differ from one another, so the checks above pin the order too.
+    assert not torch.equal(resblocks[0].attn.in_proj_weight, resblocks[1].attn.in_proj_weight)
+    torch.testing.assert_close(head.frame_position_embeddings.weight, clip.positional_embedding, rtol=0, atol=0)
+
+    head_params, clip_params = list(head.parameters()), list(clip.parameters())
+    assert not {id(p) for p in head_params} & {id(p) for p in clip_params}
+    assert not {p.data_ptr() for p in head_params} & {p.data_ptr() for p in clip_params}
+
+    with torch.no_grad():
+        text_weight = resblocks[0].mlp.c_fc.weight.clone()
+        head.blocks[0].mlp.c_fc.weight.add_(1.0)
+        assert torch.equal(resblocks[0].mlp.c_fc.weight, text_weight)
+
+        head_weight = head.blocks[1].attn.in_proj_weight.clone()
+        resblocks[1].attn.in_proj_weight.mul_(2.0)
+        assert torch.equal(head.blocks[1].attn.in_proj_weight, head_weight)
+
+        position = head.frame_position_embeddings.weight.clone()
+        clip.positional_embedding.add_(1.0)
+        assert torch.equal(head.frame_position_embeddings.weight, position)
+
+
+@torch.no_grad()
+def test_seq_transformer_is_not_causal_and_mean_pooling_head_is_identity():
+    """Changing the last frame changes seqTransf's output for the first frame (no causal mask);
+    the meanP head returns the frame features unchanged."""
+    frames = random_frames(2, 4)
+    changed = frames.clone()
+    changed[:, -1] = 255 - changed[:, -1]
+
+    model = make_model("seqTransf")
+    features, changed_features = model.encode_frames(frames), model.encode_frames(changed)
+    torch.testing.assert_close(changed_features[:, :-1], features[:, :-1])  # frames are encoded one by one
+    first, changed_first = model.head(features)[:, 0], model.head(changed_features)[:, 0]
+    assert (first - changed_first).abs().max() > 1e-4
+
+    mean_model = make_model("meanP")
+    features = mean_model.encode_frames(frames)
+    assert torch.equal(mean_model.head(features), features)
+    expected = F.normalize(F.normalize(features, dim=-1).mean(dim=1), dim=-1)
+    torch.testing.assert_close(mean_model.encode_video(frames), expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("head", HEADS)
+def test_frame_order(head):
+    """Reversing the frames leaves meanP's video features unchanged and changes seqLSTM's and seqTransf's."""
+    model = make_model(head)
+    frames = random_frames(2, 4)
+    forward, backward = model.encode_video(frames), model.encode_video(frames.flip(1))
+    if head == "meanP":
+        torch.testing.assert_close(backward, forward)
+    else:
+        assert (forward - backward).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_mean_pooling_matches_open_clip_reference():
+    """meanP's video feature is open_clip's image feature of each frame, preprocessed with the model's own
+    mean/std, L2-normalised, averaged over frames and L2-normalised again."""
+    model = make_model("meanP")
+    batch, num_frames = 2, 3
+    frames = random_frames(batch, num_frames, seed=7)
+
+    config = open_clip.get_model_preprocess_cfg(model.clip)
+    assert tuple(config["size"]) == model.image_size == (SIZE, SIZE)
+    pixels = frames.numpy().astype(np.float32) / 255.0  # B×T×H×W×3 in [0, 1], as ToTensor gives
+    pixels = (pixels - np.asarray(config["mean"], np.float32)) / np.asarray(config["std"], np.float32)
+    images = torch.from_numpy(pixels.reshape(batch * num_frames, SIZE, SIZE, 3)).permute(0, 3, 1, 2).contiguous()
+    per_frame = F.normalize(model.clip.encode_image(images), dim=-1).view(batch, num_frames, -1)
+    expected = F.normalize(per_frame.mean(dim=1), dim=-1)
+
+    torch.testing.assert_close(model.encode_video(frames), expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_text_feature_comes_from_end_of_text_token():
+    """encode_text is open_clip's text feature, L2-normalised; tokens after EOT (padding) do not change it,
+    a token before EOT does."""
+    model = make_model("meanP")
+    text = tokens("a man rides a horse", "cooking pasta")
+    eot = (text == EOT).int().argmax(dim=-1)
+    assert (eot < text.shape[1] - 1).all()  # there is padding after EOT
+    features = model.encode_text(text)
+    torch.testing.assert_close(features, F.normalize(model.clip.encode_text(text), dim=-1), rtol=0, atol=0)
+
+    after = text.clone()
+    after[torch.arange(2), eot + 1] = 320  # "a": an ordinary token in the padding
+    torch.testing.assert_close(model.encode_text(after), features)
+
+    before = text.clone()
+    before[:, 1] = 2368  # "cat"
+    assert (model.encode_text(before) - features).abs().max() > 1e-4
+
+
+def test_logit_scale_is_capped_at_100():
+    """logit_scale() never exceeds 100, even before clamping; clamp_logit_scale() brings the parameter to
+    log(100) and leaves smaller values alone."""
+    model = make_model("meanP")
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(math.log(500))
+    assert model.logit_scale().item() == pytest.approx(MAX_LOGIT_SCALE, abs=1e-4)
+    assert model(random_frames(1, 2), tokens("x"))[2].item() <= MAX_LOGIT_SCALE + 1e-4
+    model.clamp_logit_scale()
+    assert model.clip.logit_scale.exp().item() == pytest.approx(MAX_LOGIT_SCALE, abs=1e-4)
+
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(math.log(20))
+    model.clamp_logit_scale()
+    assert model.clip.logit_scale.exp().item() == pytest.approx(20, abs=1e-4)
+    assert model.logit_scale().item() == pytest.approx(20, abs=1e-4)
+
+
+def test_pretrained_file_loads_exact_clip_weights(tmp_path):
+    """--pretrained PATH loads that file's open_clip weights into model.clip, every tensor exactly."""
+    torch.manual_seed(123)
+    weights = open_clip.create_model(MODEL).state_dict()
+    path = tmp_path / "micro.pt"
+    torch.save(weights, path)
+
+    torch.manual_seed(0)  # a different random init: only loading the file can make them equal
+    model = create_clip4clip(MODEL, str(path), "seqLSTM")
+    assert_state_dicts_equal(model.clip.state_dict(), weights)
+    assert model.spec == ModelSpec(model=MODEL, head="seqLSTM", pretrained=str(path))
+
+
+def wrong_weights(kind: str, path: Path) -> None:
+    """Write a file at ``path`` that is not a vidret-micro state dict."""
+    micro = open_clip.create_model(MODEL).state_dict()
+    if kind == "missing-key":
+        del micro["text_projection"]
+        torch.save(micro, path)
+    elif kind == "wrong-shape":
+        micro["text_projection"] = torch.zeros(DIM, 16)
+        torch.save(micro, path)
+    elif kind == "tiny-state-dict":
+        torch.save(open_clip.create_model("vidret-tiny").state_dict(), path)
+    elif kind == "junk-bytes":
+        path.write_bytes(b"junk")
+    elif kind == "empty-dict":
+        torch.save({}, path)
+    elif kind == "list":
+        torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize("kind", ["missing-key", "wrong-shape", "tiny-state-dict", "junk-bytes", "empty-dict", "list"])
+def test_pretrained_file_of_wrong_weights_is_a_one_line_error(tmp_path, kind):
+    """A --pretrained file that does not hold this model's weights gives a one-line VidretError naming the file
+    (open_clip raises AssertionError, struct.error, StopIteration or AttributeError for some of these)."""
+    path = tmp_path / f"{kind}.pt"
+    wrong_weights(kind, path)
+    with pytest.raises(VidretError) as error:
+        create_clip4clip(MODEL, str(path))
+    assert_one_line(error.value, str(path), MODEL)
+
+
+def test_unknown_model_head_and_tag(monkeypatch, tmp_path):
+    """Unknown model names (with close-name suggestions), heads and pretrained tags (listing the real tags)
+    are VidretErrors."""
+    monkeypatch.chdir(tmp_path)  # so that "no-such-tag" cannot be a file
+    with pytest.raises(VidretError) as error:
+        create_clip4clip("ViT-B-99")
+    assert_one_line(error.value, "ViT-B-99", "Did you mean", "ViT-B-32")
+
+    with pytest.raises(VidretError) as error:
+        create_clip4clip(MODEL, "none", "seqGRU")
+    assert_one_line(error.value, "seqGRU", *HEADS)
+
+    with pytest.raises(VidretError) as error:
+        create_clip4clip("ViT-B-32", "no-such-tag")
+    assert_one_line(error.value, "no-such-tag", "openai", "laion2b_s34b_b79k")
+
+
+OFFLINE_FETCH = textwrap.dedent(
+    """
+    import time
+    from pipeline.encode.model import create_clip4clip
+    from pipeline.errors import VidretError
+    start = time.monotonic()
+    try:
+        create_clip4clip("ViT-B-32", "openai")
+    except VidretError as error:
+        print("VidretError:", error)
+    else:
+        print("no error")
+    print(f"seconds: {time.monotonic() - start:.1f}")
+    """
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_fetch(tmp_path_factory):
+    """Start ``create_clip4clip("ViT-B-32", "openai")`` offline, with an empty Hugging Face cache, in a fresh
+    interpreter; it runs (mostly importing torch and open_clip, ~9 s) while the other tests do.
+
+    huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import, so setting them in this process is too
+    late: it then retries for ~45 s. Hence the subprocess.
+    """
+    folder = tmp_path_factory.mktemp("offline")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(folder / "hf"), PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-c", OFFLINE_FETCH],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield process
+    if process.poll() is None:  # the test was deselected or failed early
+        process.kill()
+    process.communicate()
+
+
+def test_unavailable_tag_offline_says_to_pass_a_file(offline_fetch):
+    """With no network and an empty cache, an open_clip tag fails fast (well under huggingface_hub's ~45 s of
+    retries) with a one-line VidretError that says to pass a local file with --pretrained."""
+    stdout, stderr = offline_fetch.communicate(timeout=120)
+    assert offline_fetch.returncode == 0, stderr[-2000:]
+    lines = stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("VidretError: "), stdout
+    message = lines[0]
+    for needle in ("'openai'", "ViT-B-32", "--pretrained"):
+        assert needle in message, message
+    seconds = float(lines[1].removeprefix("seconds: "))
+    assert seconds < 20, f"the offline failure took {seconds} s"
+
+
+def perturbed_model(head: str, pretrained: str):
+    """A model whose weights differ from any fresh initialisation."""
+    torch.manual_seed(1)
+    model = create_clip4clip(MODEL, pretrained, head)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        model.clip.logit_scale.fill_(math.log(50))
+    return model.eval()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_checkpoint_round_trip(tmp_path, head):
+    """save_checkpoint(model_state(model)) then load_model rebuilds the same spec and every weight exactly,
+    without the --pretrained file the model was first built from."""
+    weights = tmp_path / "clip.pt"
+    torch.save(open_clip.create_model(MODEL).state_dict(), weights)
+    model = perturbed_model(head, str(weights))
+    path = tmp_path / "model" / "best.pt"
+    path.parent.mkdir()
+    save_checkpoint(path, model_state(model))
+    weights.unlink()
+
+    loaded, payload = load_model(path)
+    assert payload["spec"] == model.spec.to_dict()
+    assert loaded.spec == model.spec == ModelSpec(model=MODEL, head=head, pretrained=str(weights))
+    assert_state_dicts_equal(loaded.state_dict(), model.state_dict())
+    frames, text = random_frames(2, 3), tokens("a cat", "a dog")
+    with torch.no_grad():
+        for actual, expected in zip(loaded.eval()(frames, text), model(frames, text), strict=True):
+            assert torch.equal(actual, expected)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
+def test_read_checkpoint_rejects_other_files(tmp_path):
+    """read_checkpoint refuses junk bytes, a plain open_clip state dict and a missing file with a
+    one-line VidretError naming the file."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    plain = tmp_path / "open_clip.pt"
+    torch.save(open_clip.create_model(MODEL).state_dict(), plain)
+
+    for path, needle in [(junk, "not a readable checkpoint"), (plain, "not a vidret checkpoint")]:
+        with pytest.raises(VidretError) as error:
+            read_checkpoint(path)
+        assert_one_line(error.value, str(path), needle)
+        with pytest.raises(VidretError):
+            load_model(path)
+
+    with pytest.raises(VidretError) as error:
+        read_checkpoint(tmp_path / "missing.pt")
+    assert_one_line(error.value, "missing.pt", "no such checkpoint")
+
+
+def test_read_checkpoint_error_for_unsafe_pickle_is_one_line(tmp_path):
+    """A checkpoint holding objects weights_only loading refuses (here an argparse.Namespace, as some
+    trainers save) gives a one-line VidretError, not torch's multi-line explanation."""
+    path = tmp_path / "namespace.pt"
+    torch.save({"format": "vidret-clip4clip", "args": argparse.Namespace(lr=1e-4)}, path)
+    with pytest.raises(VidretError) as error:
+        read_checkpoint(path)
+    assert_one_line(error.value, str(path), "not a readable checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"), [(NARROW, "width 32"), (SHALLOW, "needs 4 text layers")], ids=["narrow", "shallow"]
+)
+def test_seq_transformer_needs_matching_text_transformer(extra_models, name, needle):
+    """seqTransf on a model whose text width differs from embed_dim, or with fewer than 4 text layers, is a
+    VidretError; meanP and seqLSTM build and run on the same model."""
+    with pytest.raises(VidretError) as error:
+        create_clip4clip(name, "none", "seqTransf")
+    assert_one_line(error.value, needle)
+
+    embed_dim = open_clip.get_model_config(name)["embed_dim"]
+    for head in ("meanP", "seqLSTM"):
+        with torch.no_grad():
+            assert make_model(head, name).encode_video(random_frames(1, 2)).shape == (1, embed_dim)
+
+
+def test_autocast_is_full_precision_on_cpu():
+    """On the CPU, autocast_for is a no-op: features stay float32 and identical."""
+    model = make_model("meanP")
+    frames = random_frames(1, 2)
+    with torch.no_grad():
+        expected = model.encode_video(frames)
+        with autocast_for(torch.device("cpu")):
+            actual = model.encode_video(frames)
+    assert actual.dtype == torch.float32
+    assert torch.equal(actual, expected)
