@@ -119,7 +119,7 @@ def pipeline(args, frames_dir: Path, manifest: Path, device: str) -> dict:
     options = TrainOptions(
         frames_dir=frames_dir, manifest=manifest, out=out / "model", model=args.model, pretrained="none",
         head=args.head, recipe=make_recipe("mmaction2", epochs=args.epochs, batch_size=args.batch_size),
-        device=device, workers=args.workers, force=True, progress=False, compile=args.compile,
+        device=device, workers=args.workers, force=True, progress=False,
     )  # fmt: skip
     trained = train(options)
     embedded = embed(
@@ -149,7 +149,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--root", type=Path, default=Path("/tmp/vidret-encode-bench"))
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()

@@ -179,7 +179,6 @@ def encode_train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model (GPU).")] = False,
     video_root: VideoRootOption = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = 4,
@@ -214,7 +213,6 @@ def encode_train(
         stop_after=stop_after,
         resume=resume,
         force=force,
-        compile=compile,
         progress=progress,
     )  # fmt: skip
     summary = train(options)

@@ -139,7 +139,7 @@ def test_exact_accumulation_gives_the_full_batch_gradients(decoded_synthetic, tm
     for accum_steps in (1, 4):
         trainer = Trainer(train_options(decoded_synthetic, tmp_path / "m", accum_steps=accum_steps), _one())
         batches = trainer.epoch_batches()
-        loss = trainer.backward([next(batches) for _ in range(accum_steps)])
+        loss = float(trainer.backward([next(batches) for _ in range(accum_steps)]))
         batches.close()
         gradients.append((loss, {name: p.grad.clone() for name, p in trainer.model.named_parameters()}))
     (full_loss, full), (accumulated_loss, accumulated) = gradients

@@ -108,7 +108,6 @@ class TrainOptions:
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps of this run
     resume: bool = False
     force: bool = False
-    compile: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -263,10 +262,10 @@ class Trainer:
             self.network = DistributedDataParallel(
                 self.model, device_ids=[world.device.index] if world.device.type == "cuda" else None
             )
-        if options.compile:
-            self.network = torch.compile(self.network)
         self.epoch, self.step, self.global_step = 0, 0, 0
-        self.epoch_losses: list[float] = []  # of the current epoch, kept across --resume
+        # The current epoch's losses, kept across --resume; left on the device during the epoch, since
+        # reading a loss waits for its step and would leave the GPU idle while the next one is launched.
+        self.epoch_losses: list[torch.Tensor | float] = []
         self.history: list[dict] = []
         self.best: dict | None = None
         self.input_record = {
@@ -305,7 +304,7 @@ class Trainer:
                         "epoch": self.epoch,
                         "step": self.step,
                         "global_step": self.global_step,
-                        "epoch_losses": self.epoch_losses,
+                        "epoch_losses": [float(loss) for loss in self.epoch_losses],
                     },  # fmt: skip
                     "history": self.history,
                     "best": self.best,
@@ -348,8 +347,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """One optimiser step over the micro-batches; returns the loss of the whole global batch."""
+    def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimiser step over the micro-batches; returns the loss of the whole global batch (on the device)."""
         loss = self.backward(batches)
         if self.recipe.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
@@ -359,7 +358,7 @@ class Trainer:
         self.model.clamp_logit_scale()
         return loss
 
-    def backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Gradients of the global batch's loss, whatever the number of micro-batches."""
         device, network = self.world.device, self.network
         if len(batches) > 1:
@@ -378,7 +377,7 @@ class Trainer:
                     scale = scale if last else scale.detach()
                 loss = self.loss(videos.float(), texts.float(), scale.float())
                 loss.backward()
-        return loss.item()
+        return loss.detach()
 
     def epoch_batches(self):
         """(frames, tokens) micro-batches of this rank, from the current position to the epoch's end."""
@@ -421,25 +420,29 @@ class Trainer:
                 started = time.perf_counter()
                 steps_before = self.step
                 batches = self.epoch_batches()
+                shown = 0.0
                 while self.step < self.steps_per_epoch:
                     step_batches = [next(batches) for _ in range(options.accum_steps)]
-                    self.epoch_losses.append(self.train_step(step_batches))
+                    loss = self.train_step(step_batches)
+                    self.epoch_losses.append(loss)
                     self.step += 1
                     self.global_step += 1
                     summary.steps += 1
                     summary.samples += recipe.batch_size
-                    summary.last_loss = self.epoch_losses[-1]
-                    elapsed = summary.seconds + time.perf_counter() - started
-                    bar.set_postfix(
-                        loss=f"{summary.last_loss:.4f}",
-                        lr=f"{self.scheduler.get_last_lr()[-1]:.2e}",
-                        videos_s=f"{summary.samples / elapsed:.1f}",
-                    )
                     bar.update()
+                    if time.perf_counter() - shown >= 1 or self.step == self.steps_per_epoch:
+                        shown = time.perf_counter()
+                        summary.last_loss = float(loss)
+                        bar.set_postfix(
+                            loss=f"{summary.last_loss:.4f}",
+                            lr=f"{self.scheduler.get_last_lr()[-1]:.2e}",
+                            videos_s=f"{summary.samples / (summary.seconds + shown - started):.1f}",
+                        )
                     stop = options.stop_after is not None and summary.steps >= options.stop_after
                     if stop or (options.save_every and self.global_step % options.save_every == 0):
                         self.save()
                     if stop and self.step < self.steps_per_epoch:
+                        summary.last_loss = float(loss)
                         batches.close()
                         summary.seconds += time.perf_counter() - started
                         summary.stopped_early = True
@@ -463,7 +466,7 @@ class Trainer:
         val = self.validate()
         record = {
             "epoch": self.epoch + 1,
-            "loss": float(np.mean(self.epoch_losses)),
+            "loss": float(np.mean([float(loss) for loss in self.epoch_losses])),
             "videos_per_second": round(videos_per_second, 2),  # this run's steps of the epoch
             "val": val,
         }
