@@ -44,17 +44,15 @@ def embed_videos(
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings of ``video_ids``, in order, on every rank."""
-    mine = list(range(world.rank, len(video_ids), world.size))
-    batches = [[video_ids[i] for i in mine[start : start + batch_size]] for start in range(0, len(mine), batch_size)]
-    pin = world.device.type == "cuda"
+    mine = video_ids[world.rank :: world.size]
+    batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
     rows = []
-    for frames in prefetch_batches(store, batches, threads=threads, pin_memory=pin):
+    for frames in prefetch_batches(store, batches, threads=threads, pin_memory=world.device.type == "cuda"):
         with autocast_for(world.device):
-            rows.append(model.encode_video(frames).float().cpu())
+            rows.append(model.encode_video(frames).float())
         if on_batch:
             on_batch(len(frames) * world.size)
-    local = torch.cat(rows).numpy() if rows else np.zeros((0, model.clip.visual.output_dim), np.float32)
-    return _interleave(gather_to_all(world, local), len(video_ids))
+    return _gather_in_order(rows, world, len(video_ids), model.clip.visual.output_dim)
 
 
 @torch.no_grad()
@@ -64,14 +62,19 @@ def embed_texts(model: CLIP4Clip, tokens: torch.Tensor, world: World, batch_size
     rows = []
     for start in range(0, len(mine), batch_size):
         with autocast_for(world.device):
-            rows.append(model.encode_text(mine[start : start + batch_size]).float().cpu())
-    local = torch.cat(rows).numpy() if rows else np.zeros((0, model.clip.visual.output_dim), np.float32)
-    return _interleave(gather_to_all(world, local), len(tokens))
+            rows.append(model.encode_text(mine[start : start + batch_size]).float())
+    return _gather_in_order(rows, world, len(tokens), model.clip.visual.output_dim)
 
 
-def _interleave(parts: list[np.ndarray], total: int) -> np.ndarray:
-    """Undo the round-robin split: rank r holds items r, r + world, r + 2·world, ..."""
-    out = np.empty((total, parts[0].shape[1]), dtype=np.float32)
+def _gather_in_order(rows: list[torch.Tensor], world: World, total: int, dim: int) -> np.ndarray:
+    """Every rank's rows, back in input order: rank r embedded items r, r + world, r + 2·world, ...
+
+    Rows stay on the device until here: copying each batch back at once would make the host wait
+    for every batch and leave the GPU idle while the next one is launched.
+    """
+    local = torch.cat(rows).cpu().numpy() if rows else np.zeros((0, dim), np.float32)
+    parts = gather_to_all(world, local)
+    out = np.empty((total, dim), dtype=np.float32)
     for rank, part in enumerate(parts):
         out[rank :: len(parts)] = part
     return out
