@@ -152,7 +152,6 @@ def prefetch_batches(
     store: FrameStore, batches: Iterable[list[str]], threads: int = 4, depth: int = 2, pin_memory: bool = False
 ) -> Iterator[torch.Tensor]:
     """uint8 ``B×T×H×W×3`` tensors for each batch of video ids, read ``depth`` batches ahead."""
-    batches = iter(batches)
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidret-frames") as pool:
 

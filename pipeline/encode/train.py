@@ -371,8 +371,8 @@ class Trainer:
                 with autocast_for(device):
                     videos, texts, scale = network(frames, tokens)
                 if len(batches) > 1:
-                    videos = torch.cat([*(c[0] for c in cached[:index]), videos, *(c[0] for c in cached[index + 1 :])])
-                    texts = torch.cat([*(c[1] for c in cached[:index]), texts, *(c[1] for c in cached[index + 1 :])])
+                    videos = torch.cat([videos if i == index else video for i, (video, _) in enumerate(cached)])
+                    texts = torch.cat([texts if i == index else text for i, (_, text) in enumerate(cached)])
                     # Each micro-batch sees the whole loss; the scale's gradient must be counted once.
                     scale = scale if last else scale.detach()
                 loss = self.loss(videos.float(), texts.float(), scale.float())
