@@ -145,7 +145,9 @@ def encode_train(
     recipe: Annotated[
         str, typer.Option(help="mmaction2 or clip4clip: the defaults of the options below.")
     ] = "mmaction2",
-    epochs: Annotated[int | None, typer.Option(show_default="recipe")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over every (video, caption) pair of train.", show_default="recipe")
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Global batch: all processes and accumulation steps.", show_default="recipe")
     ] = None,

@@ -102,7 +102,8 @@ def test_encode_errors_are_one_line(decoded_synthetic, tmp_path):
     data = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"]]
     unknown = vidret("encode", "train", *data, "--out", tmp_path / "model", "--model", "ViT-B-99")
     assert unknown.returncode == 1
-    assert unknown.stderr == "error: unknown model 'ViT-B-99'. Did you mean ViT-B-32, ViT-B-16, ViT-g-14?\n"
+    assert unknown.stderr.startswith("error: unknown model 'ViT-B-99'. Did you mean ")
+    assert "ViT-B-32" in unknown.stderr and unknown.stderr.count("\n") == 1
     missing = vidret(
         "encode", "embed", tmp_path / "nowhere", *data[1:], "--out", tmp_path / "e", "--pretrained", "none"
     )
