@@ -262,6 +262,18 @@ def test_frames_from_another_manifest_are_refused(decoded_synthetic, tmp_path):
         embed(EmbedOptions(decoded_synthetic["frames"], bigger, tmp_path / "emb", model=MODEL, pretrained="none"))
 
 
+def test_a_split_with_no_decoded_video_is_an_error_that_counts_the_failures(decoded_synthetic, tmp_path):
+    records = [json.loads(line) for line in decoded_synthetic["manifest"].read_text().splitlines()]
+    only_lost = tmp_path / "only-lost.jsonl"
+    decoded_test = {r["video_id"] for r in records if r["split"] == "test" and r["video_id"] != "lost-test"}
+    # The decoded test videos move to val, so the test split keeps only its missing video.
+    write_manifest(only_lost, [{**r, "split": "val"} if r["video_id"] in decoded_test else r for r in records])
+    options = EmbedOptions(decoded_synthetic["frames"], only_lost, tmp_path / "emb", model=MODEL, pretrained="none")
+    with pytest.raises(VidretError, match=r"no video of split 'test' decoded \(1 missing\)"):
+        embed(options)
+    assert not (tmp_path / "emb").exists()
+
+
 def test_frame_size_must_match_the_model(decoded_synthetic, tmp_path):
     with pytest.raises(VidretError, match="frames are 32x32 but vidret-tiny takes 112x112; decode with --size 112"):
         train(train_options(decoded_synthetic, tmp_path / "model", model="vidret-tiny", head="meanP"))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pipeline.encode.checkpoint import load_model
 from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
 from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
-from pipeline.encode.reader import FrameStore, VideoSelection, prefetch_batches, select_videos
+from pipeline.encode.reader import FrameStore, VideoSelection, describe_skipped, prefetch_batches, select_videos
 from pipeline.errors import VidretError
 from pipeline.files import sha256_file, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
@@ -151,7 +151,7 @@ class EmbedSummary:
 
     def line(self) -> str:
         skipped = sum(self.skipped.values())
-        detail = f" ({', '.join(f'{n} {s}' for s, n in sorted(self.skipped.items()))})" if skipped else ""
+        detail = f" ({describe_skipped(self.skipped)})" if skipped else ""
         rate = self.videos / self.seconds if self.seconds else 0.0
         return (
             f"embed: {self.videos} videos, {self.texts} captions, {skipped} videos skipped{detail} "
@@ -184,7 +184,7 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
     selection: VideoSelection = select_videos(store, manifest, select_split(manifest, options.split, options.manifest))
     if not selection.entries:
         raise VidretError(
-            f"{options.frames_dir}: no video of split {options.split!r} decoded ({selection.describe_skipped()})"
+            f"{options.frames_dir}: no video of split {options.split!r} decoded ({describe_skipped(selection.skipped)})"
         )
     model, source = load_embedding_model(options)
     video_ids = [entry.video_id for entry in selection.entries]

@@ -20,11 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.decode.writer import STATUS_FILE
 from pipeline.errors import VidretError
 from pipeline.manifest import ManifestEntry
 from pipeline.stage import STAGE_FILE
-
-STATUS_FILE = "status.parquet"
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,10 @@ class VideoSelection:
     entries: list[ManifestEntry]
     skipped: Counter = field(default_factory=Counter)  # decode status → count
 
-    def describe_skipped(self) -> str:
-        return ", ".join(f"{count} {status}" for status, count in sorted(self.skipped.items())) or "none"
+
+def describe_skipped(skipped: Counter) -> str:
+    """``"2 missing, 1 unreadable"``: skipped videos by decode status."""
+    return ", ".join(f"{count} {status}" for status, count in sorted(skipped.items())) or "none"
 
 
 def select_videos(
