@@ -87,15 +87,24 @@ def caption_pairs(entries: list[ManifestEntry]) -> tuple[list[str], list[str]]:
 
 
 def evaluate(
-    model: CLIP4Clip, store: FrameStore, entries: list[ManifestEntry], world: World, batch_size: int, threads: int
+    model: CLIP4Clip,
+    store: FrameStore,
+    entries: list[ManifestEntry],
+    tokens: torch.Tensor,
+    world: World,
+    batch_size: int,
+    threads: int,
 ) -> dict:
-    """Retrieval metrics of ``model`` on ``entries`` (the validation split during training)."""
+    """Retrieval metrics of ``model`` on ``entries`` (the validation split during training).
+
+    ``tokens`` are the entries' captions, tokenised in ``caption_pairs`` order.
+    """
     was_training = model.training
     model.eval()
     video_ids = [entry.video_id for entry in entries]
     videos = embed_videos(model, store, video_ids, world, batch_size, threads)
-    text_video_ids, captions = caption_pairs(entries)
-    texts = embed_texts(model, get_tokenizer(model.spec.model)(captions), world)
+    text_video_ids, _ = caption_pairs(entries)
+    texts = embed_texts(model, tokens, world)
     model.train(was_training)
     row_of = {video_id: row for row, video_id in enumerate(video_ids)}
     return retrieval_metrics(texts, videos, np.array([row_of[video_id] for video_id in text_video_ids]))

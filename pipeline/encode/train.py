@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, init_world
-from pipeline.encode.embed import check_frame_size, evaluate
+from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
 from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
 from pipeline.encode.reader import FrameStore, prefetch_batches, select_videos
 from pipeline.errors import VidretError
@@ -249,7 +249,9 @@ class Trainer:
         every_video = {*self.video_ids, *(entry.video_id for entry in self.val)}
         check_frame_size(self.model, self.store.frame_shape(every_video), Path(options.frames_dir))
         self.model.to(world.device).train()
-        self.tokens = get_tokenizer(options.model)(captions)
+        tokenizer = get_tokenizer(options.model)
+        self.tokens = tokenizer(captions)
+        self.val_tokens = tokenizer(caption_pairs(self.val)[1]) if self.val else None
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, self.recipe), betas=self.recipe.betas, eps=self.recipe.eps
         )
@@ -402,7 +404,13 @@ class Trainer:
         if not self.val:
             return None
         metrics = evaluate(
-            self.model, self.store, self.val, self.world, self.options.eval_batch_size, self.options.workers
+            self.model,
+            self.store,
+            self.val,
+            self.val_tokens,
+            self.world,
+            self.options.eval_batch_size,
+            self.options.workers,
         )
         return {"epoch": self.epoch + 1, "t2v": metrics["t2v"], "v2t": metrics["v2t"]}
 
