@@ -189,10 +189,6 @@ def encode_train(
     """Train CLIP4Clip on the train split, validating on val each epoch. Runs under torchrun for DDP."""
     from pipeline.encode.train import TrainOptions, make_recipe, train
 
-    betas = None
-    if beta1 is not None or beta2 is not None:
-        default = make_recipe(recipe).betas
-        betas = (default[0] if beta1 is None else beta1, default[1] if beta2 is None else beta2)
     options = TrainOptions(
         frames_dir=frames_dir,
         manifest=manifest,
@@ -202,7 +198,7 @@ def encode_train(
         head=head,
         recipe=make_recipe(
             recipe, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
-            warmup=warmup, warmup_start=warmup_start, betas=betas, eps=eps, grad_clip=grad_clip,
+            warmup=warmup, warmup_start=warmup_start, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,
         ),
         recipe_name=recipe,
         accum_steps=accum_steps,

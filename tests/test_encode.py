@@ -77,10 +77,10 @@ def test_loss_equals_symmetric_infonce_computed_directly():
     for row in range(5):  # -log softmax of the matching pair, both directions
         expected += -torch.log_softmax(logits[row], 0)[row] - torch.log_softmax(logits[:, row], 0)[row]
     expected /= 2 * 5
-    loss = make_loss(World(rank=0, size=1, device=torch.device("cpu")))(videos, texts, scale)
+    loss = make_loss(_one())(videos, texts, scale)
     assert torch.allclose(loss, expected, atol=1e-6)
     # Matching pairs scored higher make it smaller.
-    assert make_loss(World(0, 1, torch.device("cpu")))(videos, videos, scale) < loss
+    assert make_loss(_one())(videos, videos, scale) < loss
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine():
@@ -117,13 +117,14 @@ def test_training_lowers_the_loss_and_writes_checkpoints(decoded_synthetic, tmp_
     assert not list((tmp_path / "model").glob(".*tmp-*"))
 
 
-def test_resumed_run_equals_an_uninterrupted_one(decoded_synthetic, tmp_path):
+@pytest.mark.parametrize("stop_after", [4, 10], ids=["mid-epoch", "epoch-end"])  # 10 steps per epoch
+def test_resumed_run_equals_an_uninterrupted_one(decoded_synthetic, tmp_path, stop_after):
     whole = train(train_options(decoded_synthetic, tmp_path / "whole"))
-    stopped = train(train_options(decoded_synthetic, tmp_path / "split", stop_after=4))  # mid-epoch: 10 per epoch
-    assert stopped.stopped_early and stopped.steps == 4
+    stopped = train(train_options(decoded_synthetic, tmp_path / "split", stop_after=stop_after))
+    assert stopped.stopped_early and stopped.steps == stop_after
     assert not (tmp_path / "split" / "stage.json").exists()
     resumed = train(train_options(decoded_synthetic, tmp_path / "split", resume=True))
-    assert resumed.steps == whole.steps - 4
+    assert resumed.steps == whole.steps - stop_after
     expected, got = weights(tmp_path / "whole" / LAST_CHECKPOINT), weights(tmp_path / "split" / LAST_CHECKPOINT)
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     history = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("whole", "split")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,7 +129,7 @@ class CLIP4Clip(nn.Module):
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
         """Keep the learnable temperature at most 100, as CLIP and CLIP4Clip do after each step."""
-        self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(MAX_LOGIT_SCALE)).item())
+        self.clip.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
 
     def forward(self, frames: torch.Tensor, tokens: torch.Tensor):
         # Returning the scale from forward lets DDP see every parameter used in the step.

@@ -51,7 +51,8 @@ class Recipe:
     weight_decay: float  # none on biases and normalisation layers
     warmup: float  # fraction of all steps, linear from warmup_start x lr
     warmup_start: float
-    betas: tuple[float, float]
+    beta1: float  # AdamW
+    beta2: float
     eps: float
     grad_clip: float | None  # max global gradient norm
 
@@ -60,12 +61,12 @@ RECIPES = {
     # MMAction2 clip4clip_vit-base-p32-res224-clip-pre_8xb16-u12-5e_msrvtt-9k-rgb
     "mmaction2": Recipe(
         epochs=5, batch_size=128, lr=1e-5, clip_lr=None, weight_decay=0.05, warmup=0.1, warmup_start=0.05,
-        betas=(0.9, 0.98), eps=1e-8, grad_clip=None,
+        beta1=0.9, beta2=0.98, eps=1e-8, grad_clip=None,
     ),
     # CLIP4Clip's MSR-VTT runs: lr 1e-4 with coef_lr 1e-3 for CLIP, warmup_proportion 0.1, max_grad_norm 1
     "clip4clip": Recipe(
         epochs=5, batch_size=128, lr=1e-4, clip_lr=1e-7, weight_decay=0.2, warmup=0.1, warmup_start=0.0,
-        betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0,
+        beta1=0.9, beta2=0.98, eps=1e-6, grad_clip=1.0,
     ),
 }  # fmt: skip
 
@@ -126,7 +127,7 @@ class TrainOptions:
             "pretrained": self.pretrained,
             "head": self.head,
             "recipe": self.recipe_name,
-            **{key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self.recipe).items()},
+            **asdict(self.recipe),
             "seed": self.seed,
             "deterministic": self.deterministic,
         }
@@ -253,7 +254,7 @@ class Trainer:
         self.tokens = tokenizer(captions)
         self.val_tokens = tokenizer(caption_pairs(self.val)[1]) if self.val else None
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, self.recipe), betas=self.recipe.betas, eps=self.recipe.eps
+            parameter_groups(self.model, self.recipe), betas=(self.recipe.beta1, self.recipe.beta2), eps=self.recipe.eps
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, self.recipe)
@@ -446,10 +447,12 @@ class Trainer:
                             lr=f"{self.scheduler.get_last_lr()[-1]:.2e}",
                             videos_s=f"{summary.samples / (summary.seconds + shown - started):.1f}",
                         )
-                    stop = options.stop_after is not None and summary.steps >= options.stop_after
-                    if stop or (options.save_every and self.global_step % options.save_every == 0):
+                    # At an epoch's end, end_epoch writes the checkpoint (after validation).
+                    mid_epoch = self.step < self.steps_per_epoch
+                    stop = mid_epoch and self.stop_reached(summary)
+                    if stop or (mid_epoch and options.save_every and self.global_step % options.save_every == 0):
                         self.save()
-                    if stop and self.step < self.steps_per_epoch:
+                    if stop:
                         summary.last_loss = float(loss)
                         batches.close()
                         summary.seconds += time.perf_counter() - started
@@ -459,16 +462,15 @@ class Trainer:
                 summary.seconds += seconds
                 self.end_epoch((self.step - steps_before) * recipe.batch_size / seconds, say)
                 summary.epochs_done = self.epoch
-                if (
-                    options.stop_after is not None
-                    and summary.steps >= options.stop_after
-                    and self.epoch < recipe.epochs
-                ):
+                if self.stop_reached(summary) and self.epoch < recipe.epochs:
                     summary.stopped_early = True
                     return summary
         summary.best = self.best
         self.finish(summary)
         return summary
+
+    def stop_reached(self, summary: TrainSummary) -> bool:
+        return self.options.stop_after is not None and summary.steps >= self.options.stop_after
 
     def end_epoch(self, videos_per_second: float, say) -> None:
         val = self.validate()
