@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 VIDRET := $(BIN)/vidret
 
 DATA ?= data/synthetic
-VIDEOS ?= 200
+VIDEOS ?= 500
 SEED ?= 0
 MANIFEST ?= $(DATA)/manifest.jsonl
 RUN ?= runs/demo
@@ -25,8 +25,11 @@ HEAD ?= meanP
 TRAIN_ARGS ?=
 EMBED_SPLIT ?= test
 EMBED_ARGS ?=
+INDEX_ARGS ?=
+QUERY ?= a large red circle moves left on a black background
+SEARCH_ARGS ?= --k 5
 
-.PHONY: setup demo synth decode encode embed test clean
+.PHONY: setup demo synth decode encode embed index search test clean
 
 setup: $(VENV)/.installed
 
@@ -53,18 +56,32 @@ embed: setup
 	$(VIDRET) encode embed $(RUN)/frames --manifest $(MANIFEST) --checkpoint $(RUN)/model/best.pt \
 		--out $(RUN)/embeddings --split $(EMBED_SPLIT) $(EMBED_ARGS)
 
-# The index stage is not built yet: for now the demo stops after embedding.
-DEMO_TRAIN_ARGS ?= --head seqTransf --epochs 8 --batch-size 32 --lr 1e-3 --force
+# Every stage skips itself when its output is up to date (same inputs, same options), so
+# `make index` after `make encode` reruns only the index, and a changed option reruns only
+# the stages that depend on it. Pass --force in a stage's *_ARGS to redo it anyway.
+index: setup
+	$(VIDRET) index $(RUN)/embeddings --out $(RUN)/index $(INDEX_ARGS)
+
+search: setup
+	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
+
+# The demo: 500 synthetic clips (100 test), 4 frames at 112x112 (a CPU budget; CLIP4Clip takes 12),
+# the tiny model with a seqTransf head trained on the CPU, then the test split embedded, indexed,
+# scored and searched.
+DEMO_DECODE_ARGS ?= --frames 4 --size $(SIZE) --short-side $(SIZE)
+DEMO_TRAIN_ARGS ?= --head seqTransf --epochs 16 --batch-size 32 --lr 1e-3
 demo: setup
 	$(VIDRET) synth $(DATA) --videos $(VIDEOS) --seed $(SEED)
-	$(VIDRET) manifest check $(DATA)/manifest.jsonl
-	$(VIDRET) decode $(DATA)/manifest.jsonl --out $(RUN)/frames --size $(SIZE)
-	$(VIDRET) encode train $(RUN)/frames --manifest $(DATA)/manifest.jsonl --out $(RUN)/model \
+	$(VIDRET) manifest check $(MANIFEST)
+	$(VIDRET) decode $(MANIFEST) --out $(RUN)/frames $(DEMO_DECODE_ARGS)
+	$(VIDRET) encode train $(RUN)/frames --manifest $(MANIFEST) --out $(RUN)/model \
 		--model $(MODEL) --pretrained $(PRETRAINED) $(DEMO_TRAIN_ARGS)
-	$(VIDRET) encode embed $(RUN)/frames --manifest $(DATA)/manifest.jsonl --checkpoint $(RUN)/model/best.pt \
+	$(VIDRET) encode embed $(RUN)/frames --manifest $(MANIFEST) --checkpoint $(RUN)/model/best.pt \
 		--out $(RUN)/embeddings --split test
-	@echo "demo: frames in $(RUN)/frames, model in $(RUN)/model, test embeddings in $(RUN)/embeddings."
-	@echo "demo: the index stage is not built yet; this demo stops after embedding."
+	$(VIDRET) index $(RUN)/embeddings --out $(RUN)/index --dsl $(INDEX_ARGS)
+	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
+	@echo "demo: videos and manifest in $(DATA)/; frames in $(RUN)/frames/; model in $(RUN)/model/ (best.pt);"
+	@echo "demo: embeddings in $(RUN)/embeddings/; index, metrics.json and ranks.parquet in $(RUN)/index/."
 
 test: setup
 	$(BIN)/python -m pytest -q

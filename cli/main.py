@@ -235,9 +235,10 @@ def encode_embed(
     video_root: VideoRootOption = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = 4,
+    force: Annotated[bool, typer.Option(help="Embed again even if --out is up to date.")] = False,
     progress: ProgressOption = True,
 ) -> None:
-    """Write L2-normalised video and caption embeddings (videos.parquet, texts.parquet)."""
+    """Write L2-normalised video and caption embeddings (videos.parquet, texts.parquet); skip if up to date."""
     from pipeline.encode.embed import EmbedOptions, embed
 
     options = EmbedOptions(
@@ -253,11 +254,69 @@ def encode_embed(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        force=force,
         progress=progress,
     )
     summary = embed(options)
     if summary.is_main:
         typer.echo(summary.line())
+
+
+@app.command()
+@reports_errors
+def index(
+    embeddings: Annotated[
+        Path, typer.Argument(help="Embeddings (RUN/embeddings): videos.parquet and texts.parquet, ours or yours.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/index.")],
+    dsl: Annotated[
+        bool, typer.Option(help="Also report dual-softmax re-weighted metrics, under their own label.")
+    ] = False,
+    dsl_scale: Annotated[float, typer.Option(help="Softmax scale of the dual-softmax prior.")] = 100.0,
+    dump: Annotated[
+        Path | None, typer.Option(help="Write a pickle with per-query ids, top-k, ranks and the features.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Neighbours per query in the --dump file.")] = 10,
+    block_size: Annotated[int, typer.Option(help="Queries per block of the similarity matrix (memory).")] = 4096,
+    device: DeviceOption = "auto",
+    force: Annotated[bool, typer.Option(help="Recompute even if --out is up to date.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Build the FAISS video index and score retrieval: metrics.json, ranks.parquet, videos.faiss."""
+    from pipeline.index import IndexOptions, index_embeddings, metrics_table
+
+    options = IndexOptions(
+        top_k=top_k, dsl=dsl, dsl_scale=dsl_scale, dump=dump, block_size=block_size, device=device,
+        force=force, progress=progress,
+    )  # fmt: skip
+    summary = index_embeddings(embeddings, out, options)
+    typer.echo(metrics_table(summary.metrics))
+    typer.echo(summary.line())
+
+
+@app.command()
+@reports_errors
+def search(
+    run: Annotated[Path, typer.Argument(help="A run folder holding index/ (or the index folder itself).")],
+    queries: Annotated[list[str] | None, typer.Argument(help="Free-text queries.", show_default=False)] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Read queries from this file, one per line; - for stdin.")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Videos per query.")] = 5,
+    device: DeviceOption = "auto",
+) -> None:
+    """Find the videos that best match free text, with the run's own text tower."""
+    import sys
+
+    from pipeline.search import format_hits, read_queries, search_videos
+
+    queries = list(queries or [])
+    if file is not None:
+        queries += read_queries(file, sys.stdin)
+    elif not queries and not sys.stdin.isatty():
+        queries = read_queries("-", sys.stdin)
+    for query, hits in zip(queries, search_videos(run, queries, k, device), strict=True):
+        typer.echo(format_hits(query, hits))
 
 
 if __name__ == "__main__":

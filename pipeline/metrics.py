@@ -8,9 +8,16 @@ scores everything alike gets the worst rank, never the best.
 Ranks are computed a block of queries at a time: one block costs
 ``block_size x candidates`` float32 scores, and the full similarity matrix is
 never held. The work runs on whatever device the text embeddings are on.
+
+Dual softmax (DSL, Cheng et al. 2021) re-weights every score by a prior: how much
+the candidate prefers this query over all the other queries,
+``sim[q, c] * softmax_q(scale * sim[:, c])``. The prior comes from the whole test
+gallery, so DSL metrics are always reported apart from the plain ones.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,17 +50,37 @@ def _as_index(text_video_index: ArrayLike, num_texts: int, num_videos: int) -> n
     return index
 
 
+def _query_logsumexp(
+    texts: torch.Tensor, videos: torch.Tensor, scale: float, block_size: int, on_block: Callable[[int], object]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log sum exp(scale * sim) over texts for every video, and over videos for every text: the
+    normalisers of the dual-softmax priors, accumulated a block of texts at a time."""
+    over_texts = torch.full((videos.shape[0],), -torch.inf, device=texts.device)
+    over_videos = torch.empty(texts.shape[0], device=texts.device)
+    for start in range(0, texts.shape[0], block_size):
+        scores = scale * (texts[start : start + block_size] @ videos.T)
+        over_videos[start : start + block_size] = torch.logsumexp(scores, dim=1)
+        over_texts = torch.logaddexp(over_texts, torch.logsumexp(scores, dim=0))
+        on_block(len(scores))
+    return over_texts, over_videos
+
+
 def retrieval_ranks(
     text_embeddings: ArrayLike,
     video_embeddings: ArrayLike,
     text_video_index: ArrayLike,
     block_size: int = 4096,
+    dual_softmax: float | None = None,
+    on_block: Callable[[int], object] = lambda queries: None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(t2v_ranks per text, v2t_ranks per video), 1-based, pessimistic ties.
 
     ``text_video_index[i]`` is the row of text i's video in ``video_embeddings``.
     A video's v2t rank is the best rank among its own captions; every video
-    needs at least one caption.
+    needs at least one caption. ``dual_softmax``: rank DSL-re-weighted scores
+    with this softmax scale (CLIP's logit scale, 100, is the usual choice).
+    ``on_block`` is called with the number of queries of each finished block
+    (texts, then videos; with DSL, a first pass over the texts before them).
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -81,22 +108,30 @@ def retrieval_ranks(
     t2v = torch.empty(num_texts, dtype=torch.int64, device=device)
     v2t = torch.empty(num_videos, dtype=torch.int64, device=device)
     with torch.inference_mode():
+        if dual_softmax is not None:
+            over_texts, over_videos = _query_logsumexp(texts, videos, dual_softmax, block_size, on_block)
         for start in range(0, num_texts, block_size):
             stop = min(start + block_size, num_texts)
             scores = texts[start:stop] @ videos.T
+            if dual_softmax is not None:
+                scores = scores * torch.exp(dual_softmax * scores - over_texts)
             # Gathered from the same product, so the ground truth equals its own score bit for bit.
             truth = scores.gather(1, index_t[start:stop, None])
             t2v[start:stop] = (scores >= truth).sum(dim=1)
+            on_block(stop - start)
 
         for start in range(0, num_videos, block_size):
             stop = min(start + block_size, num_videos)
             scores = videos[start:stop] @ texts.T
+            if dual_softmax is not None:
+                scores = scores * torch.exp(dual_softmax * scores - over_videos)
             own = by_video_t[first_text[start] : first_text[stop]]
             rows = index_t[own] - start
             # Best own caption = max own score; its pessimistic rank is the best rank among own captions.
             truth = torch.full((stop - start,), -torch.inf, device=device)
             truth = truth.scatter_reduce(0, rows, scores[rows, own], reduce="amax")
             v2t[start:stop] = (scores >= truth[:, None]).sum(dim=1)
+            on_block(stop - start)
     return t2v.cpu().numpy(), v2t.cpu().numpy()
 
 
@@ -116,9 +151,10 @@ def retrieval_metrics(
     video_embeddings: ArrayLike,
     text_video_index: ArrayLike,
     block_size: int = 4096,
+    dual_softmax: float | None = None,
 ) -> dict:
     """{"t2v": summarize(t2v), "v2t": summarize(v2t), "num_videos": .., "num_texts": ..}"""
-    t2v, v2t = retrieval_ranks(text_embeddings, video_embeddings, text_video_index, block_size)
+    t2v, v2t = retrieval_ranks(text_embeddings, video_embeddings, text_video_index, block_size, dual_softmax)
     return {
         "t2v": summarize_ranks(t2v),
         "v2t": summarize_ranks(v2t),

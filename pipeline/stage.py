@@ -6,6 +6,7 @@ means the directory is whole; a run that changes the output removes it first.
 
 from __future__ import annotations
 
+import json
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,3 +37,27 @@ def write_stage(directory: Path, record: dict) -> None:
 
 def remove_stage(directory: Path) -> None:
     (directory / STAGE_FILE).unlink(missing_ok=True)
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """``name old -> new`` for every key whose value differs, comma-separated."""
+    return ", ".join(
+        f"{name} {old.get(name)!r} -> {new.get(name)!r}"
+        for name in sorted(set(old) | set(new))
+        if old.get(name) != new.get(name)
+    )
+
+
+def describe_rerun(previous: dict | None, fingerprint: str, params: dict) -> str | None:
+    """Why a stage must run again given its previous stage.json, or None when that output is up to date.
+
+    ``fingerprint`` digests the stage's inputs and ``params`` the options that shape its output.
+    """
+    if previous is None:
+        return "no finished earlier run"
+    if previous.get("input", {}).get("fingerprint") != fingerprint:
+        return "its input changed"
+    params = json.loads(json.dumps(params))  # as stored: tuples become lists
+    if previous.get("params") != params:
+        return f"its parameters changed ({describe_changes(previous.get('params') or {}, params)})"
+    return None

@@ -118,3 +118,58 @@ def read_video_when_released(path: Path, spec: FrameSpec) -> DecodedVideo:
     while not (folder / "release").exists():
         time.sleep(0.01)
     return read_video(path, spec)
+
+
+# Retrieval test data, and the rank definition computed literally (tests of pipeline.metrics and the index stage).
+
+
+def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def random_captions(rng: np.random.Generator, num_videos: int, per_video_max: int) -> np.ndarray:
+    """A shuffled text -> video index giving every video 1..per_video_max captions."""
+    index = np.repeat(np.arange(num_videos), rng.integers(1, per_video_max + 1, num_videos))
+    return rng.permutation(index)
+
+
+def brute_force_ranks(texts: np.ndarray, videos: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The definition, literally: full matrix, count >= per query; v2t = min over own captions."""
+    sim = texts @ videos.T
+    t2v = np.array([np.sum(sim[t] >= sim[t, index[t]]) for t in range(len(texts))])
+    v2t = np.array(
+        [min(np.sum(sim[:, v] >= sim[t, v]) for t in np.flatnonzero(index == v)) for v in range(len(videos))]
+    )
+    return t2v, v2t
+
+
+def ranks_from_scores(
+    t2v_scores: np.ndarray, v2t_scores: np.ndarray, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pessimistic 1-based ranks from full score matrices: ``t2v_scores`` is texts x videos, ``v2t_scores``
+    videos x texts; a video's rank is the best (lowest) among its own captions' ranks."""
+    t2v = np.array([np.sum(t2v_scores[t] >= t2v_scores[t, index[t]]) for t in range(len(t2v_scores))])
+    v2t = np.array(
+        [
+            min(np.sum(v2t_scores[v] >= v2t_scores[v, t]) for t in np.flatnonzero(index == v))
+            for v in range(len(v2t_scores))
+        ]
+    )
+    return t2v, v2t
+
+
+def softmax_columns(x: np.ndarray) -> np.ndarray:
+    """Softmax down each column (axis 0), in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    exp = np.exp(x - x.max(axis=0, keepdims=True))
+    return exp / exp.sum(axis=0, keepdims=True)
+
+
+def brute_force_dsl_ranks(
+    texts: np.ndarray, videos: np.ndarray, index: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dual-softmax ranks from the full matrix in float64: t2v scores are sim * softmax over texts (per
+    video); v2t scores are sim.T * softmax over videos (per text)."""
+    sim = np.asarray(texts, dtype=np.float64) @ np.asarray(videos, dtype=np.float64).T
+    return ranks_from_scores(sim * softmax_columns(scale * sim), sim.T * softmax_columns(scale * sim.T), index)

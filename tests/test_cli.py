@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.manifest import write_manifest
+from pipeline.manifest import read_manifest, write_manifest
 
 from helpers import make_video, manifest_records
 
@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
     assert not (tmp_path / "frames").exists()  # a refused run writes nothing
 
 
-def test_encode_train_then_embed(decoded_synthetic, tmp_path):
+def test_encode_train_embed_index_and_search(decoded_synthetic, tmp_path):
     data = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"], "--model", "vidret-micro"]
     trained = vidret(
         "encode", "train", *data, "--out", tmp_path / "model", "--pretrained", "none", "--epochs", 1,
@@ -94,6 +94,37 @@ def test_encode_train_then_embed(decoded_synthetic, tmp_path):
     assert embedded.returncode == 0, embedded.stderr
     assert embedded.stdout.startswith("embed: 8 videos, 8 captions, 1 videos skipped (1 missing) in ")
     assert pq.read_table(tmp_path / "emb" / "videos.parquet").num_rows == 8
+
+    indexed = vidret("index", tmp_path / "emb", "--out", tmp_path / "index", "--dsl")
+    assert indexed.returncode == 0, indexed.stderr
+    table = indexed.stdout.splitlines()
+    assert table[0].split() == ["R@1", "R@5", "R@10", "MdR", "MnR"]
+    assert [line.split()[0] for line in table[1:5]] == ["text->video", "video->text"] * 2
+    assert "DSL" in table[3] and "DSL" in table[4]
+    assert table[-1].startswith("index: 8 videos, 8 captions in ") and str(tmp_path / "index") in table[-1]
+    assert "rank: 100%" in indexed.stderr  # the progress bar
+
+    caption = read_manifest(decoded_synthetic["manifest"])[-3].captions[0]
+    found = subprocess.run(
+        [str(VIDRET), "search", tmp_path, caption, "--k", "3", "--file", "-"],
+        input="a red circle\n\n  a blue square moves up  \n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert [line for line in lines if line.startswith("query: ")] == [
+        f"query: {caption}",
+        "query: a red circle",
+        "query: a blue square moves up",
+    ]
+    hits = [line.split() for line in lines if not line.startswith("query: ")]
+    assert len(hits) == 9 and [hit[0] for hit in hits[:3]] == ["1", "2", "3"]
+    assert all(hit[2].startswith("synth") and hit[3].endswith(".mp4") for hit in hits)
+    assert float(hits[0][1]) >= float(hits[1][1]) >= float(hits[2][1])
+
+    refused = vidret("index", tmp_path / "model", "--out", tmp_path / "index")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith(f"error: {tmp_path / 'model' / 'videos.parquet'}: no such file; write embeddings")
+    assert refused.stderr.count("\n") == 1
 
 
 def test_encode_errors_are_one_line(decoded_synthetic, tmp_path):

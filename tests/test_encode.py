@@ -22,6 +22,7 @@ from pipeline.encode.reader import FrameStore, prefetch_batches
 from pipeline.encode.train import Trainer, TrainOptions, lr_factor, make_loss, make_recipe, micro_batches, train
 from pipeline.errors import VidretError
 from pipeline.manifest import read_manifest, write_manifest
+from pipeline.stage import read_stage
 
 MODEL = "vidret-micro"
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +210,27 @@ def test_embed_writes_unit_norm_embeddings_with_ids_and_counts(decoded_synthetic
     assert stage["model"]["head"] == "seqTransf" and stage["model"]["checkpoint"].endswith("best.pt")
 
 
+def test_embed_is_skipped_when_up_to_date_and_redone_when_inputs_or_options_change(decoded_synthetic, tmp_path):
+    out = tmp_path / "emb"
+
+    def run(**overrides):
+        options = dict(model=MODEL, pretrained="none", device="cpu", progress=False) | overrides
+        return embed(EmbedOptions(decoded_synthetic["frames"], decoded_synthetic["manifest"], out, **options))
+
+    first = run()
+    assert first.skipped_run is None and first.rerun is None
+    written = (out / "videos.parquet").stat().st_mtime_ns
+    again = run()
+    assert again.skipped_run and again.line().startswith("embed: skipped, ") and "--force" in again.line()
+    assert (out / "videos.parquet").stat().st_mtime_ns == written
+    assert run(batch_size=3).rerun == "its parameters changed (batch_size 64 -> 3)"
+    assert run(batch_size=3, force=True).rerun == "--force"
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model(MODEL).state_dict(), tmp_path / "weights.pt")
+    other_model = run(batch_size=3, pretrained=str(tmp_path / "weights.pt"))
+    assert other_model.rerun == "its input changed" and "(recomputed: its input changed)" in other_model.line()
+
+
 def test_zero_shot_meanp_equals_direct_open_clip_on_a_saved_state_dict(decoded_synthetic, tmp_path):
     torch.manual_seed(7)
     clip = open_clip.create_model(MODEL)
@@ -280,14 +302,29 @@ def test_frame_size_must_match_the_model(decoded_synthetic, tmp_path):
         train(train_options(decoded_synthetic, tmp_path / "model", model="vidret-tiny", head="meanP"))
 
 
-def test_an_existing_run_is_kept_unless_resumed_or_forced(decoded_synthetic, tmp_path):
-    train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}))
-    before = (tmp_path / "model" / LAST_CHECKPOINT).read_bytes()
-    with pytest.raises(VidretError, match="already holds a training run; pass --resume"):
-        train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}))
+def test_a_finished_run_is_skipped_when_up_to_date_and_replaced_when_not(decoded_synthetic, tmp_path):
+    out = tmp_path / "model"
+    train(train_options(decoded_synthetic, out, recipe={"epochs": 1}))
+    before = (out / LAST_CHECKPOINT).read_bytes()
+    again = train(train_options(decoded_synthetic, out, recipe={"epochs": 1}))
+    assert again.skipped and "--force retrains" in again.line() and again.steps == 0
+    assert (out / LAST_CHECKPOINT).read_bytes() == before
     with pytest.raises(VidretError, match=r"--resume with other training parameters \(lr 0.001 -> 0.002"):
-        train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1, "lr": 2e-3}, resume=True))
-    assert (tmp_path / "model" / LAST_CHECKPOINT).read_bytes() == before
+        train(train_options(decoded_synthetic, out, recipe={"epochs": 1, "lr": 2e-3}, resume=True))
+    assert (out / LAST_CHECKPOINT).read_bytes() == before
+    changed = train(train_options(decoded_synthetic, out, recipe={"epochs": 1, "lr": 2e-3}))
+    assert changed.rerun == "its parameters changed (lr 0.001 -> 0.002)" and changed.steps == 10
+    assert "(retrained: its parameters changed" in changed.line()
+    assert read_stage(out)["params"]["lr"] == 2e-3
+
+
+def test_an_unfinished_run_is_kept_unless_resumed_or_forced(decoded_synthetic, tmp_path):
+    out = tmp_path / "model"
+    train(train_options(decoded_synthetic, out, stop_after=2))
+    before = (out / LAST_CHECKPOINT).read_bytes()
+    with pytest.raises(VidretError, match="already holds a training run; pass --resume"):
+        train(train_options(decoded_synthetic, out))
+    assert (out / LAST_CHECKPOINT).read_bytes() == before
     with pytest.raises(VidretError, match="--resume: .* does not exist"):
         train(train_options(decoded_synthetic, tmp_path / "fresh", resume=True))
 

@@ -4,6 +4,8 @@ import torch
 
 from pipeline.metrics import retrieval_metrics, retrieval_ranks, summarize_ranks
 
+from helpers import brute_force_dsl_ranks, brute_force_ranks, random_captions, unit_rows
+
 # Three videos (axes 0..2) and four captions. Every score is one component times 1.0,
 # so equal literals give bit-equal scores and the ties below are exact.
 HAND_VIDEOS = np.eye(3, 4, dtype=np.float32)
@@ -17,27 +19,6 @@ HAND_TEXTS = np.array(
     dtype=np.float32,
 )
 HAND_INDEX = np.array([0, 1, 2, 2])
-
-
-def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
-    x = rng.standard_normal((rows, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def random_captions(rng: np.random.Generator, num_videos: int, per_video_max: int) -> np.ndarray:
-    """A shuffled text -> video index giving every video 1..per_video_max captions."""
-    index = np.repeat(np.arange(num_videos), rng.integers(1, per_video_max + 1, num_videos))
-    return rng.permutation(index)
-
-
-def brute_force_ranks(texts: np.ndarray, videos: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The definition, literally: full matrix, count >= per query; v2t = min over own captions."""
-    sim = texts @ videos.T
-    t2v = np.array([np.sum(sim[t] >= sim[t, index[t]]) for t in range(len(texts))])
-    v2t = np.array(
-        [min(np.sum(sim[:, v] >= sim[t, v]) for t in np.flatnonzero(index == v)) for v in range(len(videos))]
-    )
-    return t2v, v2t
 
 
 def clip4clip_style_metrics(sim: np.ndarray) -> dict[str, float]:
@@ -172,3 +153,53 @@ def test_rejects_bad_inputs():
         retrieval_ranks(videos[:, :2], videos, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="NaN"):
         retrieval_ranks(np.full((3, 3), np.nan, dtype=np.float32), videos, np.array([0, 1, 2]))
+
+
+def noisy_captions(rng: np.random.Generator, videos: np.ndarray, index: np.ndarray, noise: float) -> np.ndarray:
+    texts = videos[index] + noise * unit_rows(rng, len(index), videos.shape[1])
+    return (texts / np.linalg.norm(texts, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+@pytest.mark.parametrize("block_size", [1, 7, 10_000])
+def test_dual_softmax_equals_brute_force(block_size, scale):
+    rng = np.random.default_rng(6)
+    videos = unit_rows(rng, 30, 16)
+    index = random_captions(rng, 30, 3)
+    texts = noisy_captions(rng, videos, index, 2.0)
+    sim = texts.astype(np.float64) @ videos.T.astype(np.float64)
+    # Positive ground truths: a negative one times a prior that underflows in float32 would rank
+    # differently in float32 (the library) and in float64 (the reference).
+    assert (sim[np.arange(len(index)), index] > 0).all()
+    expected_t2v, expected_v2t = brute_force_dsl_ranks(texts, videos, index, scale)
+    plain_t2v, plain_v2t = brute_force_ranks(texts, videos, index)
+    assert (expected_t2v != plain_t2v).any() and (expected_v2t != plain_v2t).any()
+    blocks = []
+    t2v, v2t = retrieval_ranks(texts, videos, index, block_size, dual_softmax=scale, on_block=blocks.append)
+    np.testing.assert_array_equal(t2v, expected_t2v)
+    np.testing.assert_array_equal(v2t, expected_v2t)
+    # a pass over the texts for the priors, then the texts and the videos as queries
+    assert sum(blocks) == 2 * len(index) + 30 and max(blocks) == min(block_size, max(len(index), 30))
+
+
+def test_dual_softmax_demotes_a_hub_video():
+    # Every caption leans towards one shared direction, and one video (the hub) lies on it: plain
+    # similarity ranks the hub first for many captions. The hub's prior is spread over all of them,
+    # while each true video's prior is concentrated on its own captions, so DSL restores them.
+    rng = np.random.default_rng(0)
+    videos = unit_rows(rng, 30, 16)
+    hub = unit_rows(rng, 1, 16)
+    index = random_captions(rng, 30, 3)
+    texts = videos[index] + hub + 0.5 * unit_rows(rng, len(index), 16)
+    texts = np.vstack([texts, hub + 0.3 * unit_rows(rng, 1, 16)])  # the hub's own caption
+    texts = (texts / np.linalg.norm(texts, axis=1, keepdims=True)).astype(np.float32)
+    videos = np.vstack([videos, hub])
+    index = np.append(index, 30)
+    assert np.mean((texts @ videos.T).argmax(axis=1) == 30) > 0.4  # the hub wins for many captions
+
+    plain_t2v, _ = retrieval_ranks(texts, videos, index)
+    dsl_t2v, _ = retrieval_ranks(texts, videos, index, block_size=16, dual_softmax=100.0)
+    np.testing.assert_array_equal(dsl_t2v, brute_force_dsl_ranks(texts, videos, index, 100.0)[0])
+    plain, dsl = summarize_ranks(plain_t2v), summarize_ranks(dsl_t2v)
+    assert plain["R@1"] < 60 and dsl["R@1"] > 90
+    assert dsl["MnR"] < plain["MnR"]

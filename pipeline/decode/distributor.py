@@ -40,7 +40,7 @@ from pipeline.errors import VidretError
 from pipeline.files import remove_temporaries, sha256_file, sha256_json
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
 from pipeline.schemas import DECODE_STATUSES
-from pipeline.stage import library_versions, read_stage, remove_stage, write_stage
+from pipeline.stage import describe_changes, library_versions, read_stage, remove_stage, write_stage
 
 # Decoded videos that may wait in memory for a slower one ahead of them
 # (results are written in manifest order). Past this, dispatch pauses.
@@ -172,13 +172,8 @@ def _committed(out_dir: Path, chunks: list[Chunk], markers: dict[int, tuple[str,
 def _refuse_other_parameters(out_dir: Path, markers: dict[int, tuple[str, dict]], params: dict) -> None:
     for _, old in markers.values():
         if old != params:
-            changes = ", ".join(
-                f"{name} {old.get(name)!r} -> {params.get(name)!r}"
-                for name in sorted(set(old) | set(params))
-                if old.get(name) != params.get(name)
-            )
             raise VidretError(
-                f"{out_dir} holds frames decoded with other parameters ({changes});"
+                f"{out_dir} holds frames decoded with other parameters ({describe_changes(old, params)});"
                 " pass --force to replace them, or choose another --out"
             )
 

@@ -23,11 +23,11 @@ from pipeline.encode.distributed import World, barrier, close_world, gather_to_a
 from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
 from pipeline.encode.reader import FrameStore, VideoSelection, describe_skipped, prefetch_batches, select_videos
 from pipeline.errors import VidretError
-from pipeline.files import sha256_file, write_parquet
+from pipeline.files import sha256_file, sha256_json, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
 from pipeline.metrics import retrieval_metrics
 from pipeline.schemas import TEXTS_SCHEMA, VIDEOS_SCHEMA
-from pipeline.stage import library_versions, read_stage, remove_stage, write_stage
+from pipeline.stage import describe_rerun, library_versions, read_stage, remove_stage, write_stage
 
 VIDEOS_FILE = "videos.parquet"
 TEXTS_FILE = "texts.parquet"
@@ -134,6 +134,7 @@ class EmbedOptions:
     batch_size: int = 64
     workers: int = 4
     device: str = "auto"
+    force: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -157,25 +158,39 @@ class EmbedSummary:
     skipped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     is_main: bool = True  # under torchrun, only rank 0 reports
+    skipped_run: str | None = None  # why nothing was embedded
+    rerun: str | None = None  # why earlier embeddings were replaced
 
     def line(self) -> str:
+        if self.skipped_run:
+            return f"embed: skipped, {self.skipped_run}"
+        why = f" (recomputed: {self.rerun})" if self.rerun else ""
         skipped = sum(self.skipped.values())
         detail = f" ({describe_skipped(self.skipped)})" if skipped else ""
         rate = self.videos / self.seconds if self.seconds else 0.0
         return (
             f"embed: {self.videos} videos, {self.texts} captions, {skipped} videos skipped{detail} "
-            f"in {self.seconds:.1f} s ({rate:.1f} videos/s) -> {self.out}"
+            f"in {self.seconds:.1f} s ({rate:.1f} videos/s) -> {self.out}{why}"
         )
 
 
-def load_embedding_model(options: EmbedOptions) -> tuple[CLIP4Clip, dict]:
-    """The model to embed with, and what to record about where it came from."""
-    if options.checkpoint is not None:
-        model, payload = load_model(options.checkpoint)
-        source = {"checkpoint": str(Path(options.checkpoint).absolute()), "epoch": payload.get("epoch")}
-        return model, {**source, "checkpoint_sha256": sha256_file(Path(options.checkpoint))}
+def model_source(checkpoint: Path | None, model: str, pretrained: str, head: str) -> dict:
+    """Where the embedding model comes from, as stage.json records it (a checkpoint by its digest)."""
+    if checkpoint is None:
+        return {"checkpoint": None, "model": model, "pretrained": pretrained, "head": head}
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise VidretError(f"{path}: no such checkpoint")
+    return {"checkpoint": str(path.absolute()), "checkpoint_sha256": sha256_file(path)}
+
+
+def load_embedding_model(source: dict) -> tuple[CLIP4Clip, int | None]:
+    """The model ``source`` (from ``model_source``) describes, and its training epoch if it is a checkpoint."""
+    if source["checkpoint"] is not None:
+        model, payload = load_model(source["checkpoint"])
+        return model, payload.get("epoch")
     torch.manual_seed(0)  # --pretrained none: the same random weights on every rank and every run
-    return create_clip4clip(options.model, options.pretrained, options.head), {"checkpoint": None}
+    return create_clip4clip(source["model"], source["pretrained"], source["head"]), None
 
 
 def embed(options: EmbedOptions) -> EmbedSummary:
@@ -195,12 +210,34 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
         raise VidretError(
             f"{options.frames_dir}: no video of split {options.split!r} decoded ({describe_skipped(selection.skipped)})"
         )
-    model, source = load_embedding_model(options)
+    out = Path(options.out)
+    source = model_source(options.checkpoint, options.model, options.pretrained, options.head)
+    decode = read_stage(store.directory) or {}
+    inputs = {
+        "frames": str(store.directory.absolute()),
+        "frames_fingerprint": decode.get("input", {}).get("fingerprint"),
+        "manifest": str(Path(options.manifest).absolute()),
+        "manifest_sha256": sha256_file(Path(options.manifest)),
+        "video_root": str(options.video_root) if options.video_root else None,
+    }
+    inputs["fingerprint"] = sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"], source])
+    params = {"split": options.split, "batch_size": options.batch_size, "device": world.device.type}
+    previous = read_stage(out)
+    reason = "--force" if options.force else describe_rerun(previous, inputs["fingerprint"], params)
+    if reason is None:
+        return EmbedSummary(
+            out,
+            videos=previous["counts"]["videos"],
+            texts=previous["counts"]["texts"],
+            is_main=world.is_main,
+            skipped_run=f"{out} already holds these embeddings: same frames, manifest, model and options"
+            " (--force recomputes)",
+        )
+    model, epoch = load_embedding_model(source)
     video_ids = [entry.video_id for entry in selection.entries]
     check_frame_size(model, store.frame_shape(video_ids), options.frames_dir)
     model = model.to(world.device).eval()
 
-    out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stage(out)
     started = time.perf_counter()
@@ -212,13 +249,15 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
     texts = embed_texts(model, get_tokenizer(model.spec.model)(captions), world)
     seconds = time.perf_counter() - started
 
-    summary = EmbedSummary(out, len(video_ids), len(captions), selection.skipped, seconds, world.is_main)
+    rerun = reason if previous else None
+    summary = EmbedSummary(out, len(video_ids), len(captions), selection.skipped, seconds, world.is_main, rerun=rerun)
     if world.is_main:
         write_parquet(out / VIDEOS_FILE, embeddings_table(VIDEOS_SCHEMA, videos, video_id=video_ids))
         write_parquet(
             out / TEXTS_FILE, embeddings_table(TEXTS_SCHEMA, texts, video_id=text_video_ids, caption=captions)
         )
-        write_stage(out, embed_record(options, model, source, summary, store, world))
+        record = {**model.spec.to_dict(), **source, "epoch": epoch, "embedding_dim": model.clip.visual.output_dim}
+        write_stage(out, embed_record(record, inputs, params, summary, world))
     barrier(world)
     return summary
 
@@ -230,20 +269,13 @@ def embeddings_table(schema: pa.Schema, embeddings: np.ndarray, **columns: list[
     return pa.table({**columns, "embedding": pa.ListArray.from_arrays(offsets, flat)}, schema=schema)
 
 
-def embed_record(
-    options: EmbedOptions, model: CLIP4Clip, source: dict, summary: EmbedSummary, store: FrameStore, world: World
-) -> dict:
-    decode = read_stage(store.directory) or {}
+def embed_record(model: dict, inputs: dict, params: dict, summary: EmbedSummary, world: World) -> dict:
     return {
         "stage": "embed",
-        "model": {**model.spec.to_dict(), **source, "embedding_dim": model.clip.visual.output_dim},
-        "params": {"split": options.split, "batch_size": options.batch_size, "normalised": "L2"},
-        "input": {
-            "frames": str(store.directory.absolute()),
-            "frames_fingerprint": decode.get("input", {}).get("fingerprint"),
-            "manifest": str(Path(options.manifest).absolute()),
-            "manifest_sha256": sha256_file(Path(options.manifest)),
-        },
+        "model": model,
+        "params": params,
+        "normalised": "L2",
+        "input": inputs,
         "counts": {"videos": summary.videos, "texts": summary.texts, "skipped": dict(summary.skipped)},
         "throughput": {
             "seconds": round(summary.seconds, 3),

@@ -33,9 +33,9 @@ from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
 from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
 from pipeline.encode.reader import FrameStore, prefetch_batches, select_videos
 from pipeline.errors import VidretError
-from pipeline.files import sha256_file, write_json
+from pipeline.files import sha256_file, sha256_json, write_json
 from pipeline.manifest import read_manifest
-from pipeline.stage import library_versions, read_stage, remove_stage, write_stage
+from pipeline.stage import describe_changes, describe_rerun, library_versions, read_stage, remove_stage, write_stage
 
 HISTORY_FILE = "history.json"
 
@@ -144,14 +144,19 @@ class TrainSummary:
     best: dict | None = None
     last_loss: float = float("nan")
     is_main: bool = True  # under torchrun, only rank 0 reports
+    skipped: str | None = None  # why nothing was trained
+    rerun: str | None = None  # why a finished earlier run was replaced
 
     def line(self) -> str:
+        if self.skipped:
+            return f"train: skipped, {self.skipped}"
+        why = f" (retrained: {self.rerun})" if self.rerun else ""
         rate = self.samples / self.seconds if self.seconds else 0.0
         best = f", best val t2v R@1 {self.best['t2v']['R@1']:.1f} (epoch {self.best['epoch']})" if self.best else ""
         state = "stopped early; --resume continues" if self.stopped_early else f"{self.epochs_done} epochs"
         return (
             f"train: {self.steps} steps ({state}), {self.samples} videos in {self.seconds:.1f} s "
-            f"({rate:.1f} videos/s), loss {self.last_loss:.4f}{best} -> {self.out}"
+            f"({rate:.1f} videos/s), loss {self.last_loss:.4f}{best} -> {self.out}{why}"
         )
 
 
@@ -231,8 +236,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class Trainer:
     """One training run: the model, its optimiser and schedule, the data order, and checkpoints."""
 
-    def __init__(self, options: TrainOptions, world: World):
+    def __init__(self, options: TrainOptions, world: World, inputs: dict | None = None, replaces: str | None = None):
+        """``inputs``: from ``training_inputs`` (computed if not given); ``replaces``: why a finished run in
+        ``out`` may be replaced."""
         self.options, self.world, self.recipe = options, world, options.recipe
+        self.replaces = replaces
         self.out = Path(options.out)
         self.store = FrameStore(options.frames_dir)
         manifest = read_manifest(options.manifest, options.video_root)
@@ -272,10 +280,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.input_record = {
-            "frames": str(Path(options.frames_dir).absolute()),
-            "frames_fingerprint": (read_stage(self.store.directory) or {}).get("input", {}).get("fingerprint"),
-            "manifest": str(Path(options.manifest).absolute()),
-            "manifest_sha256": sha256_file(Path(options.manifest)),
+            **(inputs or training_inputs(options)),
             "train_videos": len(train.entries),
             "train_samples": len(captions),
             "val_videos": len(self.val),
@@ -319,10 +324,10 @@ class Trainer:
     def restore(self) -> None:
         payload = read_checkpoint(self.out / LAST_CHECKPOINT)
         saved, current = payload.get("params", {}), self.options.run_params()
-        differ = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items() if saved.get(key) != value]
-        if differ:
+        if saved != current:
             raise VidretError(
-                f"{self.out / LAST_CHECKPOINT}: --resume with other training parameters ({'; '.join(differ)}); "
+                f"{self.out / LAST_CHECKPOINT}: --resume with other training parameters"
+                f" ({describe_changes(saved, current)}); "
                 "use the original ones, or --force to start over"
             )
         self.model.load_state_dict(payload["model"])
@@ -341,7 +346,7 @@ class Trainer:
             if not last.is_file():
                 raise VidretError(f"--resume: {last} does not exist; start a new run without --resume")
             self.restore()
-        elif last.is_file() and not self.options.force:
+        elif last.is_file() and not (self.options.force or self.replaces):
             raise VidretError(f"{self.out} already holds a training run; pass --resume to continue it or --force")
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +423,7 @@ class Trainer:
     def run(self) -> TrainSummary:
         options, recipe = self.options, self.recipe
         self.prepare_output()
-        summary = TrainSummary(self.out, epochs_done=self.epoch, is_main=self.world.is_main)
+        summary = TrainSummary(self.out, epochs_done=self.epoch, is_main=self.world.is_main, rerun=self.replaces)
         say = tqdm.write if self.world.is_main else (lambda _: None)
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, unit="step", desc="train",
@@ -539,10 +544,40 @@ def describe_epoch(record: dict, epochs: int) -> str:
     )
 
 
+def training_inputs(options: TrainOptions) -> dict:
+    """What training reads, with a fingerprint: the decoded frames and the manifest."""
+    frames = Path(options.frames_dir)
+    inputs = {
+        "frames": str(frames.absolute()),
+        "frames_fingerprint": (read_stage(frames) or {}).get("input", {}).get("fingerprint"),
+        "manifest": str(Path(options.manifest).absolute()),
+        "manifest_sha256": sha256_file(Path(options.manifest)),
+    }
+    return {**inputs, "fingerprint": sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"]])}
+
+
 def train(options: TrainOptions) -> TrainSummary:
-    """Train (or, with ``resume``, continue training) and write ``best.pt``, ``last.pt`` and stage.json."""
+    """Train and write ``best.pt``, ``last.pt`` and stage.json.
+
+    A finished run in ``out`` made from the same inputs with the same parameters is kept (skipped);
+    one made from other inputs or parameters is replaced. An unfinished run is continued with
+    ``resume``, or replaced with ``force``, and otherwise refused.
+    """
     world = init_world(options.device)
     try:
-        return Trainer(options, world).run()
+        inputs = training_inputs(options)
+        previous = read_stage(Path(options.out))
+        reason = describe_rerun(previous, inputs["fingerprint"], options.run_params())
+        if previous is not None and reason is None and not (options.force or options.resume):
+            return TrainSummary(
+                Path(options.out),
+                is_main=world.is_main,
+                skipped=f"{options.out} holds a finished run on these frames and manifest with these parameters"
+                " (--force retrains)",
+            )
+        replaces = None  # why a finished run in ``out`` may be replaced
+        if previous is not None and not options.resume:
+            replaces = "--force" if options.force else reason
+        return Trainer(options, world, inputs, replaces).run()
     finally:
         close_world(world)

@@ -1,0 +1,272 @@
+"""The index stage: embeddings in; FAISS index, ranks and metrics out.
+
+Reads ``RUN/embeddings`` (ours, or any in the public format), writes to ``RUN/index``:
+``videos.faiss`` and ``video_ids.parquet``, ``ranks.parquet``, ``metrics.json``,
+optionally a ``--dump`` pickle, and ``stage.json`` last. A rerun whose
+embeddings files and parameters are unchanged is skipped.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from pipeline.encode.distributed import resolve_device
+from pipeline.encode.embed import TEXTS_FILE, VIDEOS_FILE
+from pipeline.errors import VidretError
+from pipeline.files import commit_file, sha256_file, sha256_json, temporary_path, write_json, write_parquet
+from pipeline.index.faiss_index import (
+    ID_MAP_FILE,
+    INDEX_FILE,
+    build_index,
+    faiss_gpus,
+    on_search_device,
+    search,
+    write_index,
+)
+from pipeline.index.reader import Embeddings, read_embeddings
+from pipeline.manifest import read_manifest
+from pipeline.metrics import RECALL_AT, retrieval_ranks, summarize_ranks
+from pipeline.stage import describe_rerun, library_versions, read_stage, remove_stage, write_stage
+
+METRICS_FILE = "metrics.json"
+RANKS_FILE = "ranks.parquet"
+DUMP_FORMAT = "vidret-index-dump"
+RANKS_SCHEMA = pa.schema(
+    [
+        ("direction", pa.string()),  # t2v: a caption queries the videos; v2t: a video queries the captions
+        ("query", pa.int64()),  # the query's row in texts.parquet (t2v) or videos.parquet (v2t)
+        ("video_id", pa.string()),  # t2v: the caption's ground-truth video; v2t: the query video
+        ("caption", pa.string()),  # t2v: the query caption; v2t: null
+        ("rank", pa.int64()),  # 1-based rank of the ground truth, ties counted against it
+        ("rank_dsl", pa.int64()),  # the same under dual softmax; null without --dsl
+    ]
+)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    top_k: int = 10  # neighbours per query in the --dump file
+    dsl: bool = False
+    dsl_scale: float = 100.0  # softmax scale of the dual-softmax prior
+    dump: Path | None = None
+    block_size: int = 4096  # queries per block of the similarity matrix
+    device: str = "auto"  # where ranks are computed: auto (CUDA when present), cpu or cuda
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise VidretError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.block_size < 1:
+            raise VidretError(f"--block-size must be at least 1, got {self.block_size}")
+        if self.dsl_scale <= 0:
+            raise VidretError(f"--dsl-scale must be positive, got {self.dsl_scale}")
+
+    def output_params(self) -> dict:
+        """The options that determine the output (block size and device only change the speed)."""
+        return {
+            "dsl_scale": self.dsl_scale if self.dsl else None,
+            "top_k": self.top_k,
+            "dump": str(Path(self.dump).absolute()) if self.dump else None,
+        }
+
+
+@dataclass
+class IndexSummary:
+    out: Path
+    metrics: dict
+    seconds: float = 0.0
+    skipped: str | None = None  # why nothing was computed
+    rerun: str | None = None  # why an earlier output was replaced
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"index: skipped, {self.skipped}"
+        t2v = self.metrics["t2v"]
+        why = f" (recomputed: {self.rerun})" if self.rerun else ""
+        return (
+            f"index: {self.metrics['num_videos']} videos, {self.metrics['num_texts']} captions in {self.seconds:.1f} s;"
+            f" t2v R@1 {t2v['R@1']:.1f} MdR {t2v['MdR']:g} -> {self.out}"
+            f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){why}"
+        )
+
+
+def metrics_table(metrics: dict) -> str:
+    """The metrics as a text table: one row per direction, DSL rows under their own label."""
+    columns = [f"R@{k}" for k in RECALL_AT] + ["MdR", "MnR"]
+    rows = [("text->video", metrics["t2v"]), ("video->text", metrics["v2t"])]
+    if "dsl" in metrics:
+        rows += [("text->video DSL", metrics["dsl"]["t2v"]), ("video->text DSL", metrics["dsl"]["v2t"])]
+    width = max(len(name) for name, _ in rows)
+    lines = [" " * width + "".join(f"{column:>8}" for column in columns)]
+    lines += [name.ljust(width) + "".join(f"{values[column]:>8.1f}" for column in columns) for name, values in rows]
+    lines.append(f"{metrics['num_videos']} videos, {metrics['num_texts']} captions; R@k in %, ranks 1-based")
+    return "\n".join(lines)
+
+
+def embeddings_fingerprint(directory: Path) -> str:
+    """A digest of the embeddings files' contents: what the index stage's output depends on."""
+    return sha256_json({name: sha256_file(directory / name) for name in (VIDEOS_FILE, TEXTS_FILE)})
+
+
+def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: IndexOptions | None = None) -> IndexSummary:
+    """Index ``embeddings_dir`` into ``out``; evaluate retrieval; skip if ``out`` is up to date."""
+    options = options or IndexOptions()
+    embeddings_dir, out = Path(embeddings_dir), Path(out)
+    for name in (VIDEOS_FILE, TEXTS_FILE):
+        if not (embeddings_dir / name).is_file():
+            raise VidretError(f"{embeddings_dir / name}: no such file; write embeddings with `vidret encode embed`")
+    if out.resolve() == embeddings_dir.resolve():
+        raise VidretError(f"{out}: --out must be a folder of its own, not the embeddings folder")
+    device = resolve_device(options.device)
+    fingerprint, params = embeddings_fingerprint(embeddings_dir), options.output_params()
+    previous = read_stage(out)
+    reason = describe_rerun(previous, fingerprint, params)
+    if options.dump is not None and not Path(options.dump).is_file():
+        reason = reason or f"{options.dump} is missing"
+    if options.force:
+        reason = "--force"
+    if reason is None:
+        return IndexSummary(
+            out,
+            previous["metrics"],
+            skipped=f"{out} already indexes these embeddings with these options (--force recomputes)",
+        )
+
+    embeddings = read_embeddings(embeddings_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stage(out)
+    started = time.perf_counter()
+    ranks = compute_ranks(embeddings, options, device)
+    metrics = {
+        "t2v": summarize_ranks(ranks["t2v"]),
+        "v2t": summarize_ranks(ranks["v2t"]),
+        "num_videos": len(embeddings.video_ids),
+        "num_texts": len(embeddings.captions),
+    }
+    if options.dsl:
+        metrics["dsl"] = {
+            "t2v": summarize_ranks(ranks["t2v_dsl"]),
+            "v2t": summarize_ranks(ranks["v2t_dsl"]),
+            "scale": options.dsl_scale,
+        }
+    index = build_index(embeddings.videos)
+    write_index(out, index, embeddings.video_ids, video_paths(embeddings_dir, embeddings.video_ids))
+    write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
+    write_json(out / METRICS_FILE, metrics)
+    if options.dump is not None:
+        write_dump(Path(options.dump), embeddings, ranks, metrics, on_search_device(index), options.top_k)
+    seconds = time.perf_counter() - started
+    upstream = read_stage(embeddings_dir) or {}
+    write_stage(
+        out,
+        {
+            "stage": "index",
+            "params": params,
+            "input": {"embeddings": str(embeddings_dir.absolute()), "fingerprint": fingerprint},
+            "model": upstream.get("model"),  # which text tower `vidret search` must use
+            "metrics": metrics,
+            "counts": {"videos": metrics["num_videos"], "texts": metrics["num_texts"], "dim": embeddings.dim},
+            "throughput": {"seconds": round(seconds, 3), "rank_device": str(device), "faiss_gpus": faiss_gpus()},
+            "libraries": library_versions("faiss-cpu", "faiss-gpu", "torch", "pyarrow"),
+        },
+    )
+    return IndexSummary(out, metrics, seconds, rerun=reason if previous else None)
+
+
+def compute_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> dict[str, np.ndarray]:
+    """Ground-truth ranks per query: t2v and v2t, plus t2v_dsl and v2t_dsl with --dsl."""
+    texts, videos = torch.from_numpy(embeddings.texts).to(device), torch.from_numpy(embeddings.videos).to(device)
+    passes = [None] + ([options.dsl_scale] if options.dsl else [])
+    # Each pass ranks every caption and every video; DSL first sums its priors over the captions.
+    queries = len(embeddings.captions) + len(embeddings.video_ids)
+    ranks = {}
+    with tqdm(
+        total=queries * len(passes) + (len(embeddings.captions) if options.dsl else 0),
+        unit="query",
+        desc="rank",
+        disable=not options.progress,
+    ) as bar:
+        for scale in passes:
+            suffix = "" if scale is None else "_dsl"
+            t2v, v2t = retrieval_ranks(
+                texts, videos, embeddings.text_video_index, options.block_size, scale, on_block=bar.update
+            )
+            ranks["t2v" + suffix], ranks["v2t" + suffix] = t2v, v2t
+    return ranks
+
+
+def ranks_table(embeddings: Embeddings, ranks: dict[str, np.ndarray]) -> pa.Table:
+    num_texts, num_videos = len(embeddings.captions), len(embeddings.video_ids)
+    both = num_texts + num_videos
+    dsl = np.concatenate([ranks["t2v_dsl"], ranks["v2t_dsl"]]) if "t2v_dsl" in ranks else [None] * both
+    return pa.table(
+        {
+            "direction": ["t2v"] * num_texts + ["v2t"] * num_videos,
+            "query": np.concatenate([np.arange(num_texts), np.arange(num_videos)]),
+            "video_id": embeddings.text_video_ids + embeddings.video_ids,
+            "caption": embeddings.captions + [None] * num_videos,
+            "rank": np.concatenate([ranks["t2v"], ranks["v2t"]]),
+            "rank_dsl": dsl,
+        },
+        schema=RANKS_SCHEMA,
+    )
+
+
+def video_paths(embeddings_dir: Path, video_ids: list[str]) -> list[str | None]:
+    """Each video's file, from the manifest the embeddings record; None where unknown (a user's embeddings)."""
+    source = (read_stage(embeddings_dir) or {}).get("input", {})
+    manifest = source.get("manifest")
+    if not manifest or not Path(manifest).is_file():
+        return [None] * len(video_ids)
+    path_of = {entry.video_id: str(entry.path) for entry in read_manifest(manifest, source.get("video_root"))}
+    return [path_of.get(video_id) for video_id in video_ids]
+
+
+def write_dump(path: Path, embeddings: Embeddings, ranks: dict, metrics: dict, index, top_k: int) -> None:
+    """A pickle of plain lists, dicts and numpy arrays: per-query ids, top-k, ranks and the features.
+
+    t2v top-k are rows of ``video_ids``; v2t top-k are rows of ``captions``.
+    """
+    t2v_scores, t2v_topk = search(index, embeddings.texts, top_k)
+    v2t_scores, v2t_topk = search(build_index(embeddings.texts), embeddings.videos, top_k)
+    dump = {
+        "format": DUMP_FORMAT,
+        "metrics": metrics,
+        "video_ids": embeddings.video_ids,
+        "video_features": embeddings.videos,
+        "captions": embeddings.captions,
+        "text_video_ids": embeddings.text_video_ids,
+        "text_features": embeddings.texts,
+        "t2v": {
+            "query_video_ids": embeddings.text_video_ids,
+            "topk": t2v_topk,
+            "topk_video_ids": [[embeddings.video_ids[row] for row in rows] for rows in t2v_topk],
+            "topk_scores": t2v_scores,
+            "rank": ranks["t2v"],
+            "rank_dsl": ranks.get("t2v_dsl"),
+        },
+        "v2t": {
+            "query_video_ids": embeddings.video_ids,
+            "topk": v2t_topk,
+            "topk_scores": v2t_scores,
+            "rank": ranks["v2t"],
+            "rank_dsl": ranks.get("v2t_dsl"),
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "wb") as handle:
+            pickle.dump(dump, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        commit_file(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -1,0 +1,102 @@
+"""Free-text search over a run's video index with the run's own text tower.
+
+The index stage records which model wrote the embeddings (``RUN/index/stage.json``);
+search loads that model, embeds the queries and asks ``videos.faiss`` for the
+nearest videos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.encode.distributed import World, resolve_device
+from pipeline.encode.embed import embed_texts, load_embedding_model
+from pipeline.encode.model import CLIP4Clip, get_tokenizer
+from pipeline.errors import VidretError
+from pipeline.files import sha256_file
+from pipeline.index.faiss_index import INDEX_FILE, on_search_device, read_index, search
+from pipeline.stage import read_stage
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    rank: int
+    score: float
+    video_id: str
+    path: str | None  # the video file, when the run knows it
+
+
+def find_index_dir(run: Path | str) -> Path:
+    """``RUN/index``, or ``run`` itself when it is an index directory."""
+    run = Path(run)
+    for candidate in (run / "index", run):
+        if (candidate / INDEX_FILE).is_file():
+            return candidate
+    raise VidretError(f"{run}: no {INDEX_FILE} here or in {run / 'index'}; build it with `vidret index`")
+
+
+def load_query_model(index_dir: Path) -> CLIP4Clip:
+    """The model whose text tower wrote the indexed embeddings' captions, as the index stage recorded it."""
+    record = (read_stage(index_dir) or {}).get("model")
+    if not record:
+        raise VidretError(
+            f"{index_dir / 'stage.json'}: no record of the model that wrote these embeddings (from another tool?);"
+            " search needs the run's text tower"
+        )
+    checkpoint = record.get("checkpoint")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise VidretError(f"{checkpoint}: the checkpoint these embeddings came from is gone")
+        if sha256_file(Path(checkpoint)) != record.get("checkpoint_sha256"):
+            raise VidretError(
+                f"{checkpoint} changed after the embeddings were written; embed and index again before searching"
+            )
+    model, _ = load_embedding_model(record)
+    return model
+
+
+def search_videos(run: Path | str, queries: list[str], k: int = 5, device: str = "auto") -> list[list[SearchHit]]:
+    """The ``k`` best videos for every query, best first."""
+    if k < 1:
+        raise VidretError(f"--k must be at least 1, got {k}")
+    queries = [query.strip() for query in queries]
+    if not queries or not all(queries):
+        raise VidretError("give one or more non-empty queries")
+    index_dir = find_index_dir(run)
+    index, ids = read_index(index_dir)
+    device = resolve_device(device)
+    model = load_query_model(index_dir).to(device).eval()
+    if model.clip.visual.output_dim != index.d:
+        raise VidretError(
+            f"{index_dir / INDEX_FILE}: {index.d}-dimensional, but {model.spec.model} embeds in"
+            f" {model.clip.visual.output_dim} dimensions"
+        )
+    texts = embed_texts(model, get_tokenizer(model.spec.model)(queries), World(rank=0, size=1, device=device))
+    scores, rows = search(on_search_device(index), texts, k)
+    video_ids, paths = ids.column("video_id").to_pylist(), ids.column("path").to_pylist()
+    return [
+        [
+            SearchHit(rank + 1, float(score), video_ids[row], paths[row])
+            for rank, (score, row) in enumerate(zip(query_scores, query_rows, strict=True))
+        ]
+        for query_scores, query_rows in zip(scores, rows, strict=True)
+    ]
+
+
+def format_hits(query: str, hits: list[SearchHit]) -> str:
+    lines = [f"query: {query}"]
+    lines += [f"  {hit.rank:>3}  {hit.score:.4f}  {hit.video_id}  {hit.path or '-'}" for hit in hits]
+    return "\n".join(lines)
+
+
+def read_queries(path: Path | str, stream=None) -> list[str]:
+    """Queries one per line from ``path``, or from ``stream`` when ``path`` is ``-``; blank lines are skipped."""
+    if str(path) == "-":
+        lines = stream.read().splitlines()
+    else:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise VidretError(f"{path}: cannot read queries ({error.strerror})") from None
+    return [line.strip() for line in lines if line.strip()]
