@@ -21,7 +21,14 @@ from tqdm import tqdm
 from pipeline.encode.checkpoint import load_model
 from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
 from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
-from pipeline.encode.reader import FrameStore, VideoSelection, describe_skipped, prefetch_batches, select_videos
+from pipeline.encode.reader import (
+    FrameStore,
+    VideoSelection,
+    describe_skipped,
+    frames_and_manifest,
+    prefetch_batches,
+    select_videos,
+)
 from pipeline.errors import VidretError
 from pipeline.files import sha256_file, sha256_json, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
@@ -212,12 +219,8 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
         )
     out = Path(options.out)
     source = model_source(options.checkpoint, options.model, options.pretrained, options.head)
-    decode = read_stage(store.directory) or {}
     inputs = {
-        "frames": str(store.directory.absolute()),
-        "frames_fingerprint": decode.get("input", {}).get("fingerprint"),
-        "manifest": str(Path(options.manifest).absolute()),
-        "manifest_sha256": sha256_file(Path(options.manifest)),
+        **frames_and_manifest(options.frames_dir, options.manifest),
         "video_root": str(options.video_root) if options.video_root else None,
     }
     inputs["fingerprint"] = sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"], source])

@@ -22,8 +22,9 @@ import torch
 
 from pipeline.decode.writer import STATUS_FILE
 from pipeline.errors import VidretError
+from pipeline.files import sha256_file
 from pipeline.manifest import ManifestEntry
-from pipeline.stage import STAGE_FILE
+from pipeline.stage import STAGE_FILE, read_stage
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,18 @@ def select_videos(
             f"{store.directory} (e.g. {never_decoded[0]!r}); decode that split too"
         )
     return selection
+
+
+def frames_and_manifest(frames_dir: Path | str, manifest: Path | str) -> dict:
+    """What a stage reading decoded frames records of its inputs: both paths, the frames' decode
+    fingerprint and the manifest's SHA-256."""
+    frames_dir, manifest = Path(frames_dir), Path(manifest)
+    return {
+        "frames": str(frames_dir.absolute()),
+        "frames_fingerprint": (read_stage(frames_dir) or {}).get("input", {}).get("fingerprint"),
+        "manifest": str(manifest.absolute()),
+        "manifest_sha256": sha256_file(manifest),
+    }
 
 
 def prefetch_batches(

@@ -31,9 +31,9 @@ from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_s
 from pipeline.encode.distributed import World, barrier, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
 from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
-from pipeline.encode.reader import FrameStore, prefetch_batches, select_videos
+from pipeline.encode.reader import FrameStore, frames_and_manifest, prefetch_batches, select_videos
 from pipeline.errors import VidretError
-from pipeline.files import sha256_file, sha256_json, write_json
+from pipeline.files import sha256_json, write_json
 from pipeline.manifest import read_manifest
 from pipeline.stage import describe_changes, describe_rerun, library_versions, read_stage, remove_stage, write_stage
 
@@ -546,13 +546,7 @@ def describe_epoch(record: dict, epochs: int) -> str:
 
 def training_inputs(options: TrainOptions) -> dict:
     """What training reads, with a fingerprint: the decoded frames and the manifest."""
-    frames = Path(options.frames_dir)
-    inputs = {
-        "frames": str(frames.absolute()),
-        "frames_fingerprint": (read_stage(frames) or {}).get("input", {}).get("fingerprint"),
-        "manifest": str(Path(options.manifest).absolute()),
-        "manifest_sha256": sha256_file(Path(options.manifest)),
-    }
+    inputs = frames_and_manifest(options.frames_dir, options.manifest)
     return {**inputs, "fingerprint": sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"]])}
 
 
