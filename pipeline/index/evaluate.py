@@ -159,13 +159,13 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
             "scale": options.dsl_scale,
         }
     index = build_index(embeddings.videos)
-    write_index(out, index, embeddings.video_ids, video_paths(embeddings_dir, embeddings.video_ids))
+    upstream = read_stage(embeddings_dir) or {}
+    write_index(out, index, embeddings.video_ids, video_paths(upstream, embeddings.video_ids))
     write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
     write_json(out / METRICS_FILE, metrics)
     if options.dump is not None:
         write_dump(Path(options.dump), embeddings, ranks, metrics, on_search_device(index), options.top_k)
     seconds = time.perf_counter() - started
-    upstream = read_stage(embeddings_dir) or {}
     write_stage(
         out,
         {
@@ -221,9 +221,10 @@ def ranks_table(embeddings: Embeddings, ranks: dict[str, np.ndarray]) -> pa.Tabl
     )
 
 
-def video_paths(embeddings_dir: Path, video_ids: list[str]) -> list[str | None]:
-    """Each video's file, from the manifest the embeddings record; None where unknown (a user's embeddings)."""
-    source = (read_stage(embeddings_dir) or {}).get("input", {})
+def video_paths(upstream: dict, video_ids: list[str]) -> list[str | None]:
+    """Each video's file, from the manifest the embeddings' stage.json (``upstream``) records; None where
+    unknown (a user's embeddings)."""
+    source = upstream.get("input", {})
     manifest = source.get("manifest")
     if not manifest or not Path(manifest).is_file():
         return [None] * len(video_ids)
