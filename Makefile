@@ -8,6 +8,32 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 VIDRET := $(BIN)/vidret
 
+# A public benchmark, defined in manifests/datasets/DATASET.json (`vidret manifest datasets` lists them):
+#   make manifest DATASET=msrvtt-9k ANNOTATIONS=path/to/annotations VIDEO_DIR=path/to/videos
+#   make decode encode index DATASET=msrvtt-9k
+# The definition's defaults (frames, crop, sampling, caption length, recipe, test split) and the
+# CLIP ViT-B/32 with OpenAI weights replace the CPU defaults below; any variable given on the command
+# line still wins.
+ifdef DATASET
+DEFINITION := manifests/datasets/$(DATASET).json
+ifeq ($(wildcard $(DEFINITION)),)
+$(error DATASET=$(DATASET): no $(DEFINITION); `vidret manifest datasets` lists the known ones)
+endif
+dataset_default = $(shell $(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))["defaults"][sys.argv[2]] or "")' $(DEFINITION) $(1))
+MANIFEST ?= manifests/$(DATASET).jsonl
+RUN ?= runs/$(DATASET)
+FRAMES ?= $(call dataset_default,frames)
+SIZE ?= $(call dataset_default,size)
+DECODE_ARGS ?= --short-side $(call dataset_default,short_side) --sampling $(call dataset_default,sampling)
+MODEL ?= ViT-B-32
+PRETRAINED ?= openai
+TRAIN_ARGS ?= --recipe $(call dataset_default,recipe) --caption-length $(call dataset_default,caption_length)
+EMBED_SPLIT ?= $(call dataset_default,test_split)
+# A test-only benchmark (msrvtt-1k-a) has nothing to train: embed zero-shot with the pretrained model.
+CHECKPOINT ?= $(if $(call dataset_default,train_split),$(RUN)/model/best.pt)
+ZERO_SHOT_ARGS ?= --caption-length $(call dataset_default,caption_length)
+endif
+
 DATA ?= data/synthetic
 VIDEOS ?= 500
 SEED ?= 0
@@ -24,12 +50,16 @@ PRETRAINED ?= none
 HEAD ?= meanP
 TRAIN_ARGS ?=
 EMBED_SPLIT ?= test
+# Embed with the trained checkpoint; CHECKPOINT= (empty) embeds zero-shot with MODEL and PRETRAINED.
+CHECKPOINT ?= $(RUN)/model/best.pt
+ZERO_SHOT_ARGS ?=
+EMBED_MODEL = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model $(MODEL) --pretrained $(PRETRAINED) --head $(HEAD) $(ZERO_SHOT_ARGS))
 EMBED_ARGS ?=
 INDEX_ARGS ?=
 QUERY ?= a large red circle moves left on a black background
 SEARCH_ARGS ?= --k 5
 
-.PHONY: setup demo synth decode encode embed index search test clean
+.PHONY: setup demo synth manifest decode encode embed index search test clean
 
 setup: $(VENV)/.installed
 
@@ -53,7 +83,7 @@ encode: setup
 	$(MAKE) embed
 
 embed: setup
-	$(VIDRET) encode embed $(RUN)/frames --manifest $(MANIFEST) --checkpoint $(RUN)/model/best.pt \
+	$(VIDRET) encode embed $(RUN)/frames --manifest $(MANIFEST) $(EMBED_MODEL) \
 		--out $(RUN)/embeddings --split $(EMBED_SPLIT) $(EMBED_ARGS)
 
 # Every stage skips itself when its output is up to date (same inputs, same options), so
@@ -61,6 +91,10 @@ embed: setup
 # the stages that depend on it. Pass --force in a stage's *_ARGS to redo it anyway.
 index: setup
 	$(VIDRET) index $(RUN)/embeddings --out $(RUN)/index $(INDEX_ARGS)
+
+manifest: setup
+	$(if $(and $(DATASET),$(ANNOTATIONS),$(VIDEO_DIR)),,$(error make manifest needs DATASET=, ANNOTATIONS= and VIDEO_DIR=))
+	$(VIDRET) manifest build $(DATASET) --annotations $(ANNOTATIONS) --videos $(VIDEO_DIR) --out $(MANIFEST)
 
 search: setup
 	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode.writer import FRAMES_PARQUET_OPTIONS  # noqa: E402
 from pipeline.encode.embed import EmbedOptions, embed  # noqa: E402
-from pipeline.encode.model import autocast_for, create_clip4clip, get_tokenizer  # noqa: E402
+from pipeline.encode.model import autocast_for, create_clip4clip  # noqa: E402
 from pipeline.encode.train import TrainOptions, make_recipe, train  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.manifest import write_manifest  # noqa: E402
@@ -87,7 +87,7 @@ def model_alone(args, device: torch.device) -> dict:
     model = create_clip4clip(args.model, "none", args.head).to(device)
     size = model.image_size[0]
     frames = torch.randint(0, 256, (args.batch_size, args.frames, size, size, 3), dtype=torch.uint8, device=device)
-    tokens = get_tokenizer(args.model)([CAPTION.format("first", i) for i in range(args.batch_size)]).to(device)
+    tokens = model.tokenize([CAPTION.format("first", i) for i in range(args.batch_size)]).to(device)
 
     @torch.no_grad()
     def infer():

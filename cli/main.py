@@ -16,7 +16,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vidret: an offline video-text retrieval pipeline (decode -> encode -> index).",
 )
-manifest_app = typer.Typer(no_args_is_help=True, help="Check manifests (JSON Lines, one captioned video per line).")
+manifest_app = typer.Typer(
+    no_args_is_help=True, help="Build and check manifests (JSON Lines, one captioned video per line)."
+)
 app.add_typer(manifest_app, name="manifest")
 encode_app = typer.Typer(no_args_is_help=True, help="Train the CLIP4Clip video tower and write embeddings.")
 app.add_typer(encode_app, name="encode")
@@ -29,6 +31,14 @@ PretrainedOption = Annotated[
     str, typer.Option(help="CLIP weights: an open_clip tag (downloaded when online), a local file, or none.")
 ]
 HeadOption = Annotated[str, typer.Option(help="Temporal head: meanP, seqLSTM or seqTransf.")]
+CaptionLengthOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Tokens per caption, SOT and EOT included (CLIP4Clip's max_words: 32; 64 for paragraphs);"
+        " default: the model's context length.",
+        show_default=False,
+    ),
+]
 VideoRootOption = Annotated[
     Path | None, typer.Option(help="Resolve relative video paths here, not next to the manifest.")
 ]
@@ -66,6 +76,42 @@ def manifest_check(
     from pipeline.manifest import describe_manifest, read_manifest
 
     typer.echo(f"{manifest}: ok, {describe_manifest(read_manifest(manifest, video_root))}")
+
+
+@manifest_app.command("build")
+@reports_errors
+def manifest_build(
+    dataset: Annotated[str, typer.Argument(help="A benchmark in manifests/datasets/ (vidret manifest datasets).")],
+    annotations: Annotated[Path, typer.Option(help="The folder holding the benchmark's annotation files.")],
+    videos: Annotated[Path, typer.Option(help="The folder holding its videos (searched recursively).")],
+    out: Annotated[Path | None, typer.Option(help="The manifest to write; default manifests/DATASET.jsonl.")] = None,
+    show: Annotated[int, typer.Option(help="Problems printed per kind; the build report lists them all.")] = 5,
+) -> None:
+    """Build a manifest from a benchmark's official annotation files; report every problem per video."""
+    from pipeline.datasets import build_manifest
+
+    summary = build_manifest(dataset, annotations, videos, out)
+    for line in summary.problem_lines(show):
+        typer.echo(line, err=True)
+    typer.echo(summary.line())
+
+
+@manifest_app.command("datasets")
+@reports_errors
+def manifest_datasets() -> None:
+    """List the benchmarks vidret can build manifests for, with their annotation files and defaults."""
+    from pipeline.datasets import available_datasets, load_definition
+
+    for name in available_datasets():
+        definition = load_definition(name)
+        defaults = definition.defaults
+        typer.echo(
+            f"{name}: {definition.title}\n"
+            f"    splits {', '.join(definition.splits())}; {defaults['frames']} frames at {defaults['size']}^2,"
+            f" captions of {defaults['caption_length']} tokens, recipe {defaults['recipe']}"
+        )
+        for layout in definition.layouts:
+            typer.echo(f"    {layout.name} layout: {', '.join(layout.files.values())}")
 
 
 @app.command()
@@ -142,6 +188,7 @@ def encode_train(
     model: ModelOption = "ViT-B-32",
     pretrained: PretrainedOption = "openai",
     head: HeadOption = "meanP",
+    caption_length: CaptionLengthOption = None,
     recipe: Annotated[
         str, typer.Option(help="mmaction2 or clip4clip: the defaults of the options below.")
     ] = "mmaction2",
@@ -196,6 +243,7 @@ def encode_train(
         model=model,
         pretrained=pretrained,
         head=head,
+        caption_length=caption_length,
         recipe=make_recipe(
             recipe, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
             warmup=warmup, warmup_start=warmup_start, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,
@@ -230,6 +278,7 @@ def encode_embed(
     model: ModelOption = "ViT-B-32",
     pretrained: PretrainedOption = "openai",
     head: HeadOption = "meanP",
+    caption_length: CaptionLengthOption = None,
     split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = "test",
     batch_size: Annotated[int, typer.Option(help="Videos per forward pass, per process.")] = 64,
     video_root: VideoRootOption = None,
@@ -249,6 +298,7 @@ def encode_embed(
         model=model,
         pretrained=pretrained,
         head=head,
+        caption_length=caption_length,
         split=split,
         video_root=video_root,
         batch_size=batch_size,

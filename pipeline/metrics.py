@@ -3,7 +3,10 @@
 Similarity is the inner product, so the embeddings should already be
 L2-normalised. Ranks are 1-based and ties count against the query: a query's
 rank is the number of candidates scoring >= its ground truth, so a model that
-scores everything alike gets the worst rank, never the best.
+scores everything alike gets the worst rank, never the best. A video (v2t) may
+have several captions: its rank is its best caption's, and only other videos'
+captions count as candidates against it, so a caption repeated verbatim does
+not rank its own video down.
 
 Ranks are computed a block of queries at a time: one block costs
 ``block_size x candidates`` float32 scores, and the full similarity matrix is
@@ -76,8 +79,8 @@ def retrieval_ranks(
     """(t2v_ranks per text, v2t_ranks per video), 1-based, pessimistic ties.
 
     ``text_video_index[i]`` is the row of text i's video in ``video_embeddings``.
-    A video's v2t rank is the best rank among its own captions; every video
-    needs at least one caption. ``dual_softmax``: rank DSL-re-weighted scores
+    A video's v2t rank is 1 + the number of other videos' captions scoring >= its
+    best own caption; every video needs at least one caption. ``dual_softmax``: rank DSL-re-weighted scores
     with this softmax scale (CLIP's logit scale, 100, is the usual choice).
     ``on_block`` is called with the number of queries of each finished block
     (texts, then videos; with DSL, a first pass over the texts before them).
@@ -128,9 +131,14 @@ def retrieval_ranks(
             own = by_video_t[first_text[start] : first_text[stop]]
             rows = index_t[own] - start
             # Best own caption = max own score; its pessimistic rank is the best rank among own captions.
+            own_scores = scores[rows, own]
             truth = torch.full((stop - start,), -torch.inf, device=device)
-            truth = truth.scatter_reduce(0, rows, scores[rows, own], reduce="amax")
-            v2t[start:stop] = (scores >= truth[:, None]).sum(dim=1)
+            truth = truth.scatter_reduce(0, rows, own_scores, reduce="amax")
+            # Own captions tied with the best one are right answers, not rivals (MSVD repeats captions
+            # verbatim): only other videos' captions count against the video.
+            own_ties = torch.zeros(stop - start, dtype=torch.int64, device=device)
+            own_ties = own_ties.index_add(0, rows, (own_scores >= truth[rows]).long())
+            v2t[start:stop] = (scores >= truth[:, None]).sum(dim=1) - own_ties + 1
             on_block(stop - start)
     return t2v.cpu().numpy(), v2t.cpu().numpy()
 

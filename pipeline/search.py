@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.encode.distributed import World, resolve_device
 from pipeline.encode.embed import embed_texts, load_embedding_model
-from pipeline.encode.model import CLIP4Clip, get_tokenizer
+from pipeline.encode.model import CLIP4Clip
 from pipeline.errors import VidretError
 from pipeline.files import sha256_file
 from pipeline.index.faiss_index import INDEX_FILE, on_search_device, read_index, search
@@ -72,7 +72,7 @@ def search_videos(run: Path | str, queries: list[str], k: int = 5, device: str =
             f"{index_dir / INDEX_FILE}: {index.d}-dimensional, but {model.spec.model} embeds in"
             f" {model.clip.visual.output_dim} dimensions"
         )
-    texts = embed_texts(model, get_tokenizer(model.spec.model)(queries), World(rank=0, size=1, device=device))
+    texts = embed_texts(model, model.tokenize(queries), World(rank=0, size=1, device=device))
     scores, rows = search(on_search_device(index), texts, k)
     video_ids, paths = ids.column("video_id").to_pylist(), ids.column("path").to_pylist()
     return [

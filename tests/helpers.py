@@ -135,26 +135,20 @@ def random_captions(rng: np.random.Generator, num_videos: int, per_video_max: in
 
 
 def brute_force_ranks(texts: np.ndarray, videos: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The definition, literally: full matrix, count >= per query; v2t = min over own captions."""
+    """The definition, literally: full matrix, count >= per query; v2t = 1 + other videos' captions
+    scoring >= the video's best own caption."""
     sim = texts @ videos.T
-    t2v = np.array([np.sum(sim[t] >= sim[t, index[t]]) for t in range(len(texts))])
-    v2t = np.array(
-        [min(np.sum(sim[:, v] >= sim[t, v]) for t in np.flatnonzero(index == v)) for v in range(len(videos))]
-    )
-    return t2v, v2t
+    return ranks_from_scores(sim, sim.T, index)
 
 
 def ranks_from_scores(
     t2v_scores: np.ndarray, v2t_scores: np.ndarray, index: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pessimistic 1-based ranks from full score matrices: ``t2v_scores`` is texts x videos, ``v2t_scores``
-    videos x texts; a video's rank is the best (lowest) among its own captions' ranks."""
+    videos x texts; a video's rank is 1 + the number of other videos' captions scoring >= its best own one."""
     t2v = np.array([np.sum(t2v_scores[t] >= t2v_scores[t, index[t]]) for t in range(len(t2v_scores))])
     v2t = np.array(
-        [
-            min(np.sum(v2t_scores[v] >= v2t_scores[v, t]) for t in np.flatnonzero(index == v))
-            for v in range(len(v2t_scores))
-        ]
+        [1 + np.sum(v2t_scores[v, index != v] >= v2t_scores[v, index == v].max()) for v in range(len(v2t_scores))]
     )
     return t2v, v2t
 

@@ -140,3 +140,39 @@ def test_encode_errors_are_one_line(decoded_synthetic, tmp_path):
     )
     assert missing.returncode == 1
     assert missing.stderr == f"error: {tmp_path / 'nowhere'}: no such frames directory (run `vidret decode` first)\n"
+
+
+def test_manifest_build_reports_problems_on_stderr(tmp_path):
+    annotations = Path(__file__).parent / "data" / "msrvtt"
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "video9770.mp4").write_bytes(b"stand-in")
+    out = tmp_path / "msrvtt-1k-a.jsonl"
+    built = vidret(
+        "manifest",
+        "build",
+        "msrvtt-1k-a",
+        "--annotations",
+        annotations,
+        "--videos",
+        tmp_path / "videos",
+        "--out",
+        out,
+        "--show",
+        1,
+    )
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith("manifest build: msrvtt-1k-a (clip4clip layout): 1000 videos (1000 test), 1000")
+    assert "problems: 999 missing_video" in built.stdout
+    assert built.stderr.splitlines() == [
+        f"missing_video: video9771 (test): no file in {tmp_path / 'videos'} (MSRVTT_JSFUSION_test.csv:3)",
+        f"missing_video: ... and 998 more in {tmp_path / 'msrvtt-1k-a.build.json'}",
+    ]
+    assert vidret("manifest", "check", out).stdout.strip().endswith("missing video files: 999")
+
+    listed = vidret("manifest", "datasets")
+    assert listed.returncode == 0 and "msvd: MSVD" in listed.stdout and "LSMDC16_annos_training.csv" in listed.stdout
+
+    unknown = vidret("manifest", "build", "msrvtt", "--annotations", annotations, "--videos", tmp_path)
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("error: unknown dataset 'msrvtt' (known: activitynet, didemo, lsmdc,")
+    assert len(unknown.stderr.splitlines()) == 1

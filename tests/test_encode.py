@@ -15,12 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.encode.checkpoint import LAST_CHECKPOINT, read_checkpoint
+from pipeline.encode.checkpoint import LAST_CHECKPOINT, load_model, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World
 from pipeline.encode.embed import EmbedOptions, embed
 from pipeline.encode.reader import FrameStore, prefetch_batches
 from pipeline.encode.train import Trainer, TrainOptions, lr_factor, make_loss, make_recipe, micro_batches, train
 from pipeline.errors import VidretError
+from pipeline.files import write_json
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.stage import read_stage
 
@@ -152,6 +153,17 @@ def test_exact_accumulation_gives_the_full_batch_gradients(decoded_synthetic, tm
     assert full["clip.logit_scale"].abs() > 1e-4  # the scale does get a gradient, counted once
 
 
+def test_training_cuts_captions_to_the_caption_length(decoded_synthetic, tmp_path):
+    """Train and val captions are cut to --caption-length tokens (EOT last, zeros after) in the model's spec."""
+    trainer = Trainer(train_options(decoded_synthetic, tmp_path / "m", caption_length=6), _one())
+    assert trainer.model.spec.caption_length == 6
+    full = Trainer(train_options(decoded_synthetic, tmp_path / "m"), _one())
+    for cut, uncut in ((trainer.tokens, full.tokens), (trainer.val_tokens, full.val_tokens)):
+        assert cut.shape == uncut.shape == (len(uncut), 16)
+        assert (cut.argmax(dim=-1) <= 5).all() and not cut[:, 6:].any()
+        assert uncut[:, 6:].any()  # some captions are longer: the cut is real
+
+
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(decoded_synthetic, tmp_path):
     """torchrun, 2 processes, gloo: the same global batch of 8, so the same updates up to float summation order.
 
@@ -186,7 +198,18 @@ def test_two_process_embedding_equals_one_process(decoded_synthetic, tmp_path):
 
 
 def test_embed_writes_unit_norm_embeddings_with_ids_and_counts(decoded_synthetic, tmp_path):
-    train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}))
+    """Also: a caption length given to training is kept in the checkpoints' spec and in the run parameters, and
+    embedding cuts captions to it; --caption-length with --checkpoint is refused."""
+    train(train_options(decoded_synthetic, tmp_path / "model", recipe={"epochs": 1}, caption_length=6))
+    best = tmp_path / "model" / "best.pt"
+    assert read_checkpoint(best)["spec"]["caption_length"] == 6
+    assert read_checkpoint(tmp_path / "model" / LAST_CHECKPOINT)["params"]["caption_length"] == 6
+    assert read_stage(tmp_path / "model")["params"]["caption_length"] == 6
+    data = decoded_synthetic["frames"], decoded_synthetic["manifest"]
+    with pytest.raises(VidretError) as refused:
+        EmbedOptions(*data, tmp_path / "refused", checkpoint=best, caption_length=8)
+    message = str(refused.value)
+    assert "\n" not in message and "--caption-length 8" in message and "trained with 6" in message, message
     summary = embed(
         EmbedOptions(
             frames_dir=decoded_synthetic["frames"], manifest=decoded_synthetic["manifest"], out=tmp_path / "emb",
@@ -208,6 +231,14 @@ def test_embed_writes_unit_norm_embeddings_with_ids_and_counts(decoded_synthetic
     stage = json.loads((tmp_path / "emb" / "stage.json").read_text())
     assert stage["counts"] == {"videos": len(decoded), "texts": len(texts), "skipped": {"missing": 1}}
     assert stage["model"]["head"] == "seqTransf" and stage["model"]["checkpoint"].endswith("best.pt")
+    assert stage["model"]["caption_length"] == 6
+
+    model, _ = load_model(best)
+    cut, full = model.tokenize(texts["caption"].tolist()), open_clip.get_tokenizer(MODEL)(texts["caption"].tolist())
+    assert (cut != full).any(dim=1).sum() > len(texts) // 2  # most synthetic captions are longer than 6 tokens
+    with torch.no_grad():
+        expected = model.eval().encode_text(cut).numpy()
+    assert np.allclose(np.stack(texts["embedding"]), expected, atol=1e-5)
 
 
 def test_embed_is_skipped_when_up_to_date_and_redone_when_inputs_or_options_change(decoded_synthetic, tmp_path):
@@ -219,6 +250,7 @@ def test_embed_is_skipped_when_up_to_date_and_redone_when_inputs_or_options_chan
 
     first = run()
     assert first.skipped_run is None and first.rerun is None
+    assert read_stage(out)["model"]["caption_length"] is None
     written = (out / "videos.parquet").stat().st_mtime_ns
     again = run()
     assert again.skipped_run and again.line().startswith("embed: skipped, ") and "--force" in again.line()
@@ -229,6 +261,8 @@ def test_embed_is_skipped_when_up_to_date_and_redone_when_inputs_or_options_chan
     torch.save(open_clip.create_model(MODEL).state_dict(), tmp_path / "weights.pt")
     other_model = run(batch_size=3, pretrained=str(tmp_path / "weights.pt"))
     assert other_model.rerun == "its input changed" and "(recomputed: its input changed)" in other_model.line()
+    cut = run(batch_size=3, pretrained=str(tmp_path / "weights.pt"), caption_length=6)
+    assert cut.rerun == "its input changed" and read_stage(out)["model"]["caption_length"] == 6
 
 
 def test_zero_shot_meanp_equals_direct_open_clip_on_a_saved_state_dict(decoded_synthetic, tmp_path):
@@ -308,6 +342,11 @@ def test_a_finished_run_is_skipped_when_up_to_date_and_replaced_when_not(decoded
     before = (out / LAST_CHECKPOINT).read_bytes()
     again = train(train_options(decoded_synthetic, out, recipe={"epochs": 1}))
     assert again.skipped and "--force retrains" in again.line() and again.steps == 0
+    # A run from before caption_length was a parameter tokenised to the full context: the same run.
+    stage = read_stage(out)
+    assert stage["params"].pop("caption_length") is None
+    write_json(out / "stage.json", stage)
+    assert train(train_options(decoded_synthetic, out, recipe={"epochs": 1})).skipped
     assert (out / LAST_CHECKPOINT).read_bytes() == before
     with pytest.raises(VidretError, match=r"--resume with other training parameters \(lr 0.001 -> 0.002"):
         train(train_options(decoded_synthetic, out, recipe={"epochs": 1, "lr": 2e-3}, resume=True))
@@ -327,6 +366,15 @@ def test_an_unfinished_run_is_kept_unless_resumed_or_forced(decoded_synthetic, t
     assert (out / LAST_CHECKPOINT).read_bytes() == before
     with pytest.raises(VidretError, match="--resume: .* does not exist"):
         train(train_options(decoded_synthetic, tmp_path / "fresh", resume=True))
+    # The caption length shapes the weights: resuming with another is refused.
+    with pytest.raises(VidretError, match=r"--resume with other training parameters \(caption_length None -> 6\)"):
+        train(train_options(decoded_synthetic, out, resume=True, caption_length=6))
+    assert (out / LAST_CHECKPOINT).read_bytes() == before
+    # A run from before caption_length was a parameter tokenised to the full context: it resumes.
+    payload = read_checkpoint(out / LAST_CHECKPOINT)
+    assert payload["params"].pop("caption_length") is None
+    save_checkpoint(out / LAST_CHECKPOINT, payload)
+    assert train(train_options(decoded_synthetic, out, resume=True, stop_after=1)).steps == 1
 
 
 def test_batch_size_must_split_evenly_and_fit_the_data(decoded_synthetic, tmp_path):

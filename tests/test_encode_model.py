@@ -29,7 +29,6 @@ from pipeline.encode.model import (
     ModelSpec,
     autocast_for,
     create_clip4clip,
-    get_tokenizer,
 )
 from pipeline.errors import VidretError
 
@@ -37,6 +36,8 @@ MODEL = "vidret-micro"
 SIZE = 32  # vidret-micro's image size
 DIM = 32  # vidret-micro's embed_dim
 EOT = 49407  # open_clip's end-of-text token: the largest id; padding is 0
+CONTEXT = 16  # vidret-micro's text context length
+LONG = "a man rides a horse on the beach at sunset"  # 10 words, 12 tokens with SOT and EOT
 PROJECT = Path(__file__).resolve().parents[1]
 
 # Extra configs registered with open_clip for the tests; vidret-micro with one thing changed.
@@ -44,6 +45,7 @@ MICRO_CONFIG = json.loads((PROJECT / "pipeline/encode/model_configs/vidret-micro
 DEEP = "vidret-test-deep-text"  # 6 text layers: seqTransf must take the first 4
 NARROW = "vidret-test-narrow-embed"  # embed_dim 16 != text width 32
 SHALLOW = "vidret-test-shallow-text"  # 2 text layers < 4
+BIDIRECTIONAL = "vidret-test-bidirectional-text"  # no causal mask, last-token pooling (SigLIP's kind)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +56,13 @@ def extra_models(tmp_path_factory) -> None:
         DEEP: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "layers": 6}},
         NARROW: {"embed_dim": 16},
         SHALLOW: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "layers": 2}},
+        BIDIRECTIONAL: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "no_causal_mask": True, "pool_type": "last"}},
     }
     for name, change in variants.items():
         path = folder / f"{name}.json"
         path.write_text(json.dumps({**MICRO_CONFIG, **change}))
         open_clip.add_model_config(path)
-    assert {DEEP, NARROW, SHALLOW} <= set(open_clip.list_models())
+    assert {DEEP, NARROW, SHALLOW, BIDIRECTIONAL} <= set(open_clip.list_models())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,9 +74,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_model(head: str, model: str = MODEL, seed: int = 0):
+def make_model(head: str, model: str = MODEL, seed: int = 0, caption_length: int | None = None):
     torch.manual_seed(seed)
-    return create_clip4clip(model, "none", head).eval()
+    return create_clip4clip(model, "none", head, caption_length).eval()
 
 
 def random_frames(batch: int, num_frames: int, seed: int = 0) -> torch.Tensor:
@@ -83,7 +86,8 @@ def random_frames(batch: int, num_frames: int, seed: int = 0) -> torch.Tensor:
 
 
 def tokens(*captions: str) -> torch.Tensor:
-    return get_tokenizer(MODEL)(list(captions))
+    """open_clip's own tokenisation, to the full context length."""
+    return open_clip.get_tokenizer(MODEL)(list(captions))
 
 
 def assert_state_dicts_equal(actual: dict, expected: dict) -> None:
@@ -228,6 +232,77 @@ def test_text_feature_comes_from_end_of_text_token():
     assert (model.encode_text(before) - features).abs().max() > 1e-4
 
 
+def test_tokenize_cuts_captions_to_the_caption_length_and_pads_to_the_context():
+    """tokenize cuts a long caption to caption_length tokens, EOT last, and pads with zeros to the full context;
+    a caption that fits is tokenised as open_clip does; without a caption length it is open_clip's tokeniser."""
+    longest = " ".join(["horse"] * 30)  # longer than the context: open_clip cuts it too
+    captions = [LONG, "a cat", longest]
+    full = tokens(*captions)
+    assert torch.equal(make_model("meanP").tokenize(captions), full)
+    assert full[2, CONTEXT - 1] == EOT
+
+    cut = make_model("meanP", caption_length=6).tokenize(captions)
+    assert cut.shape == (3, CONTEXT) and cut.dtype == full.dtype
+    for row in (0, 2):
+        assert torch.equal(cut[row, :5], full[row, :5])  # SOT and the first 4 words
+        assert cut[row, 5] == EOT
+        assert not cut[row, 6:].any()
+    assert torch.equal(cut[1], full[1])  # "a cat" fits: SOT a cat EOT
+
+    assert torch.equal(make_model("meanP", caption_length=CONTEXT).tokenize(captions), full)
+    shortest = make_model("meanP", caption_length=2).tokenize(captions)
+    assert shortest[:, :2].tolist() == [[49406, EOT]] * 3 and not shortest[:, 2:].any()
+
+
+def reference_cut_text_feature(model, cut: torch.Tensor, length: int) -> torch.Tensor:
+    """CLIP4Clip's truncation: the text tower run on the first ``length`` tokens alone (positions and causal
+    mask cut to them too), its feature taken at EOT, projected and L2-normalised."""
+    clip, cut = model.clip, cut[:, :length]
+    x = clip.token_embedding(cut) + clip.positional_embedding[:length]
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
+    eot = (cut == EOT).int().argmax(dim=-1)
+    return F.normalize(x[torch.arange(len(cut)), eot] @ clip.text_projection, dim=-1)
+
+
+@torch.no_grad()
+def test_cut_captions_give_clip4clips_truncated_text_features():
+    """Padded cut tokens give the text feature of the first caption_length tokens alone (CLIP4Clip's input);
+    so captions that differ only after the cut get identical features, which differ without the cut."""
+    length = 6
+    model = make_model("meanP", caption_length=length)
+    captions = [LONG, "a man rides a bicycle down a steep hill", "a man rides"]
+    cut = model.tokenize(captions)
+    assert cut[:, :length].tolist()[2] == tokens("a man rides")[0, :length].tolist()  # it fits: not cut
+    features = model.encode_text(cut)
+    torch.testing.assert_close(features, reference_cut_text_feature(model, cut, length), rtol=1e-5, atol=1e-5)
+
+    assert torch.equal(features[0], features[1])  # "a man rides a" is all that is left of both
+    assert (features[0] - features[2]).abs().max() > 1e-4
+    uncut = model.encode_text(tokens(*captions))
+    assert (uncut[0] - uncut[1]).abs().max() > 1e-4
+    assert torch.equal(uncut[2], features[2])
+
+
+@pytest.mark.parametrize(
+    ("model", "caption_length", "limit"),
+    [(MODEL, 1, 16), (MODEL, 17, 16), (MODEL, 0, 16), (MODEL, -4, 16), ("vidret-tiny", 33, 32), ("ViT-B-32", 78, 77)],
+)
+def test_caption_length_out_of_range_is_a_one_line_error(model, caption_length, limit):
+    """A caption length below 2 (SOT and EOT) or above the model's context length is refused, before the
+    model is built, with a one-line VidretError naming the option and the range."""
+    with pytest.raises(VidretError) as error:
+        create_clip4clip(model, "none", "meanP", caption_length)
+    assert_one_line(error.value, f"--caption-length {caption_length}", model, f"2 to {limit}")
+
+
+def test_caption_length_needs_a_causal_text_tower_pooled_at_eot(extra_models):
+    """On a bidirectional text tower, the zeros after a cut caption would change its feature: refused."""
+    with pytest.raises(VidretError) as error:
+        create_clip4clip(BIDIRECTIONAL, "none", "meanP", 8)
+    assert_one_line(error.value, "--caption-length", "causal", BIDIRECTIONAL)
+    assert create_clip4clip(BIDIRECTIONAL, "none", "meanP").spec.caption_length is None
+
+
 def test_logit_scale_is_capped_at_100():
     """logit_scale() never exceeds 100, even before clamping; clamp_logit_scale() brings the parameter to
     log(100) and leaves smaller values alone."""
@@ -362,10 +437,10 @@ def test_unavailable_tag_offline_says_to_pass_a_file(offline_fetch):
     assert seconds < 20, f"the offline failure took {seconds} s"
 
 
-def perturbed_model(head: str, pretrained: str):
+def perturbed_model(head: str, pretrained: str, caption_length: int | None = None):
     """A model whose weights differ from any fresh initialisation."""
     torch.manual_seed(1)
-    model = create_clip4clip(MODEL, pretrained, head)
+    model = create_clip4clip(MODEL, pretrained, head, caption_length)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
@@ -394,6 +469,34 @@ def test_checkpoint_round_trip(tmp_path, head):
         for actual, expected in zip(loaded.eval()(frames, text), model(frames, text), strict=True):
             assert torch.equal(actual, expected)
     assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_keeps_the_caption_length(tmp_path):
+    """A checkpoint saved with a caption length loads with it, and cuts captions as the saved model did."""
+    model = perturbed_model("meanP", "none", caption_length=6)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model_state(model))
+    loaded, payload = load_model(path)
+    assert payload["spec"]["caption_length"] == 6
+    assert loaded.spec == model.spec == ModelSpec(model=MODEL, head="meanP", pretrained="none", caption_length=6)
+    text = loaded.tokenize([LONG, "a dog"])
+    assert torch.equal(text, model.tokenize([LONG, "a dog"])) and text[0, 5] == EOT
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().encode_text(text), model.encode_text(text))
+
+
+def test_checkpoint_from_before_the_caption_length_loads_with_the_full_context(tmp_path):
+    """An older checkpoint's spec has no caption_length: it loads with None and tokenises as open_clip does."""
+    model = perturbed_model("seqLSTM", "none")
+    state = model_state(model)
+    old_spec = {key: value for key, value in state["spec"].items() if key != "caption_length"}
+    assert old_spec == {"model": MODEL, "head": "seqLSTM", "pretrained": "none"}
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {**state, "spec": old_spec})
+    loaded, _ = load_model(path)
+    assert loaded.spec.caption_length is None
+    assert torch.equal(loaded.tokenize([LONG]), tokens(LONG))
+    assert_state_dicts_equal(loaded.state_dict(), model.state_dict())
 
 
 def test_read_checkpoint_rejects_other_files(tmp_path):

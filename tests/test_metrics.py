@@ -61,16 +61,16 @@ def test_constant_model_gets_the_worst_rank(num_videos):
     texts = np.full((len(index), 4), 0.5, dtype=np.float32)
     t2v, v2t = retrieval_ranks(texts, videos, index, block_size=3)
     assert t2v.tolist() == [num_videos] * len(index)
-    assert v2t.tolist() == [len(index)] * num_videos
+    # Every other video's caption ties with the best own one and counts against the video.
+    assert v2t.tolist() == [1 + len(index) - np.sum(index == video) for video in range(num_videos)]
     metrics = retrieval_metrics(texts, videos, index)
-    assert metrics["t2v"]["R@1"] == (100.0 if num_videos == 1 else 0.0)
-    assert metrics["v2t"]["R@1"] == 0.0  # two captions per video always tie
+    assert metrics["t2v"]["R@1"] == metrics["v2t"]["R@1"] == (100.0 if num_videos == 1 else 0.0)
 
 
 def test_perfect_model_gets_rank_one():
     rng = np.random.default_rng(0)
     videos = np.linalg.qr(rng.standard_normal((32, 20)))[0].T.astype(np.float32)  # 20 orthonormal rows
-    index = rng.permutation(20)  # one caption per video: duplicate own captions would tie (see below)
+    index = rng.permutation(20)
     t2v, v2t = retrieval_ranks(videos[index], videos, index, block_size=8)
     assert (t2v == 1).all() and (v2t == 1).all()
     metrics = retrieval_metrics(videos[index], videos, index)
@@ -127,12 +127,16 @@ def test_v2t_uses_the_best_caption():
         assert v2t.tolist() == [2, 2]
 
 
-def test_v2t_counts_tied_own_captions_against_the_video():
-    # As defined, a v2t rank counts every caption scoring >= the best own one, own duplicates included:
-    # a perfect model whose video has two identical captions ranks 2 for that video.
+def test_v2t_does_not_count_tied_own_captions_against_the_video():
+    # MSVD repeats captions verbatim: a perfect model ranks a video with two identical captions first,
+    # while another video's caption that ties with them still counts against it.
     videos = np.eye(2, dtype=np.float32)
     _, v2t = retrieval_ranks(videos[[0, 0, 1]], videos, np.array([0, 0, 1]))
-    assert v2t.tolist() == [2, 1]
+    assert v2t.tolist() == [1, 1]
+    texts = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    for block_size in (1, 4096):
+        _, v2t = retrieval_ranks(texts, videos, np.array([0, 0, 1, 1]), block_size=block_size)
+        assert v2t.tolist() == [2, 1]
 
 
 def test_video_without_caption_is_an_error():

@@ -52,6 +52,24 @@ def test_search_equals_brute_force_over_the_run_embeddings(zero_shot_run, decode
     assert search_videos(zero_shot_run / "index", queries[:1], k=4, device="cpu") == hits[:1]
 
 
+def test_search_cuts_queries_to_the_runs_caption_length(decoded_synthetic, tmp_path):
+    """A run embedded with --caption-length 6: a query that is one of its long captions gets that caption's
+    stored (cut) embedding, so its best hit scores exactly the stored similarity."""
+    data = decoded_synthetic["frames"], decoded_synthetic["manifest"]
+    options = dict(model=MODEL, pretrained="none", caption_length=6, device="cpu", progress=False)
+    embed(EmbedOptions(*data, tmp_path / "embeddings", **options))
+    index_embeddings(tmp_path / "embeddings", tmp_path / "index", IndexOptions(progress=False))
+    videos = pd.read_parquet(tmp_path / "embeddings" / "videos.parquet")
+    texts = pd.read_parquet(tmp_path / "embeddings" / "texts.parquet")
+    query = max(texts.caption, key=len)
+    assert len(query.split()) > 4  # longer than SOT, 4 words and EOT: the cut matters
+    scores = np.stack(videos.embedding) @ np.stack(texts.embedding[texts.caption == query])[0]
+    (hits,) = search_videos(tmp_path, [query], k=3, device="cpu")
+    best = np.argsort(-scores)[:3]
+    assert [hit.video_id for hit in hits] == videos.video_id[best].tolist()
+    np.testing.assert_allclose([hit.score for hit in hits], scores[best], atol=1e-5)
+
+
 def test_k_larger_than_the_gallery_returns_every_video(zero_shot_run):
     (hits,) = search_videos(zero_shot_run, ["a large red circle moves left"], k=1000, device="cpu")
     assert len(hits) == 40 and len({hit.video_id for hit in hits}) == 40

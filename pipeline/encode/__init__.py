@@ -7,7 +7,7 @@ checkpoints and resume), ``embed`` (videos.parquet and texts.parquet),
 """
 
 from pipeline.encode.embed import EmbedOptions, EmbedSummary, embed
-from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip, get_tokenizer
+from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip
 from pipeline.encode.train import RECIPES, Recipe, TrainOptions, TrainSummary, make_recipe, train
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "TrainSummary",
     "create_clip4clip",
     "embed",
-    "get_tokenizer",
     "make_recipe",
     "train",
 ]

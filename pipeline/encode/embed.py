@@ -1,8 +1,8 @@
 """Embed videos and captions: ``RUN/embeddings/{videos,texts}.parquet``.
 
 The model comes from a training checkpoint, or, for zero-shot CLIP, straight from
-open_clip (``--model`` and ``--pretrained``, meanP head). Under torchrun each rank
-embeds every world-size-th video and rank 0 writes the files.
+open_clip (``--model`` and ``--pretrained``, meanP head, ``--caption-length``). Under
+torchrun each rank embeds every world-size-th video and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from pipeline.encode.checkpoint import load_model
+from pipeline.encode.checkpoint import load_model, read_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
-from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
+from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip
 from pipeline.encode.reader import (
     FrameStore,
     VideoSelection,
@@ -136,6 +136,7 @@ class EmbedOptions:
     model: str = "ViT-B-32"
     pretrained: str = "openai"
     head: str = "meanP"
+    caption_length: int | None = None  # zero-shot only: a checkpoint's spec fixes it
     split: str = "test"
     video_root: Path | None = None
     batch_size: int = 64
@@ -150,7 +151,13 @@ class EmbedOptions:
         if self.workers < 1:
             raise VidretError(f"--workers must be at least 1, got {self.workers}")
         if self.checkpoint is None:
-            check_model_choice(self.model, self.pretrained, self.head)
+            check_model_choice(self.model, self.pretrained, self.head, self.caption_length)
+        elif self.caption_length is not None:
+            trained_with = read_checkpoint(self.checkpoint).get("spec", {}).get("caption_length")
+            raise VidretError(
+                f"--caption-length {self.caption_length}: the checkpoint {self.checkpoint} fixes the caption length;"
+                f" it was trained with {trained_with or 'the full context length'} (leave --caption-length out)"
+            )
         if self.checkpoint is None and self.head != "meanP":
             raise VidretError(
                 f"--head {self.head} has untrained weights without --checkpoint; zero-shot embedding uses --head meanP"
@@ -181,10 +188,13 @@ class EmbedSummary:
         )
 
 
-def model_source(checkpoint: Path | None, model: str, pretrained: str, head: str) -> dict:
-    """Where the embedding model comes from, as stage.json records it (a checkpoint by its digest)."""
+def model_source(
+    checkpoint: Path | None, model: str, pretrained: str, head: str, caption_length: int | None = None
+) -> dict:
+    """Where the embedding model comes from, as stage.json records it (a checkpoint by its digest; its spec
+    holds the caption length)."""
     if checkpoint is None:
-        return {"checkpoint": None, "model": model, "pretrained": pretrained, "head": head}
+        return dict(checkpoint=None, model=model, pretrained=pretrained, head=head, caption_length=caption_length)
     path = Path(checkpoint)
     if not path.is_file():
         raise VidretError(f"{path}: no such checkpoint")
@@ -197,7 +207,9 @@ def load_embedding_model(source: dict) -> tuple[CLIP4Clip, int | None]:
         model, payload = load_model(source["checkpoint"])
         return model, payload.get("epoch")
     torch.manual_seed(0)  # --pretrained none: the same random weights on every rank and every run
-    return create_clip4clip(source["model"], source["pretrained"], source["head"]), None
+    # Records from before caption_length was an option tokenised to the full context length.
+    model = create_clip4clip(source["model"], source["pretrained"], source["head"], source.get("caption_length"))
+    return model, None
 
 
 def embed(options: EmbedOptions) -> EmbedSummary:
@@ -218,7 +230,7 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
             f"{options.frames_dir}: no video of split {options.split!r} decoded ({describe_skipped(selection.skipped)})"
         )
     out = Path(options.out)
-    source = model_source(options.checkpoint, options.model, options.pretrained, options.head)
+    source = model_source(options.checkpoint, options.model, options.pretrained, options.head, options.caption_length)
     inputs = {
         **frames_and_manifest(options.frames_dir, options.manifest),
         "video_root": str(options.video_root) if options.video_root else None,
@@ -249,7 +261,7 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
     ) as bar:
         videos = embed_videos(model, store, video_ids, world, options.batch_size, options.workers, bar.update)
     text_video_ids, captions = caption_pairs(selection.entries)
-    texts = embed_texts(model, get_tokenizer(model.spec.model)(captions), world)
+    texts = embed_texts(model, model.tokenize(captions), world)
     seconds = time.perf_counter() - started
 
     rerun = reason if previous else None

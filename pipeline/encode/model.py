@@ -1,7 +1,8 @@
 """CLIP4Clip on open_clip: a CLIP image tower applied per frame, a temporal head, a CLIP text tower.
 
 One factory, ``create_clip4clip``, builds the model from an open_clip model name, a
-``--pretrained`` source (an open_clip tag, a local file, or ``none``) and a head name.
+``--pretrained`` source (an open_clip tag, a local file, or ``none``), a head name and a
+caption length (CLIP4Clip's ``max_words``); ``CLIP4Clip.tokenize`` cuts captions to it.
 The project's tiny configs (``model_configs/*.json``) are registered with open_clip's
 own registry, so ``vidret-tiny`` is a model name like ``ViT-B-32``.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg
 from torch import nn
 
 from pipeline.errors import VidretError
@@ -31,11 +33,12 @@ MAX_LOGIT_SCALE = 100.0
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild the model's architecture; stored in every checkpoint."""
+    """Everything needed to rebuild the model's architecture and read its inputs; stored in every checkpoint."""
 
     model: str = "ViT-B-32"
     head: str = "meanP"
     pretrained: str = "none"  # where the CLIP weights came from: a tag, a file, or none
+    caption_length: int | None = None  # tokens per caption, SOT and EOT included; None: the full context length
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +104,22 @@ class CLIP4Clip(nn.Module):
         self.image_size = image_size
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self._tokenizer = None  # open_clip's, made on first use; a plain attribute, not in the state dict
+
+    @property
+    def context_length(self) -> int:
+        """The text tower's full context length (77 for ViT-B-32)."""
+        return self.clip.context_length
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """Token ids, ``N×context_length``: each caption cut to ``spec.caption_length`` tokens (EOT kept last)."""
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.spec.model)
+        tokens = self._tokenizer(list(captions), context_length=self.spec.caption_length)
+        # open_clip's encode_text adds the positional embedding of every position, so it needs full-length
+        # input; under the causal mask the EOT feature never sees the zeros after it, so padding the cut
+        # captions gives the features of CLIP4Clip's truncation.
+        return F.pad(tokens, (0, self.context_length - tokens.shape[1]))
 
     def normalize_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``B×T×H×W×3`` → float ``(B·T)×3×H×W``, normalised as open_clip's preprocessing does."""
@@ -136,8 +155,9 @@ class CLIP4Clip(nn.Module):
         return self.encode_video(frames), self.encode_text(tokens), self.logit_scale()
 
 
-def check_model_choice(name: str, pretrained: str, head: str) -> None:
-    """Fail fast, before any data is read or weights fetched, on a model, tag or head that cannot work."""
+def check_model_choice(name: str, pretrained: str, head: str, caption_length: int | None = None) -> None:
+    """Fail fast, before any data is read or weights fetched, on a model, tag, head or caption length that
+    cannot work."""
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See open_clip.list_models()."
@@ -149,6 +169,24 @@ def check_model_choice(name: str, pretrained: str, head: str) -> None:
         raise VidretError(
             f"--pretrained {pretrained!r} is neither a file nor an open_clip tag for {name} "
             f"(tags: {', '.join(tags) or 'none'}; or 'none')"
+        )
+    check_caption_length(name, caption_length)
+
+
+def config_context_length(name: str) -> int:
+    """The text context length ``name``'s open_clip config gives (open_clip's default where it names none)."""
+    text_config = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    return text_config.get("context_length", CLIPTextCfg.context_length)
+
+
+def check_caption_length(name: str, caption_length: int | None) -> None:
+    """None (the full context) or 2 (SOT and EOT) up to the model's context length."""
+    if caption_length is None:
+        return
+    limit = config_context_length(name)
+    if isinstance(caption_length, bool) or not isinstance(caption_length, int) or not 2 <= caption_length <= limit:
+        raise VidretError(
+            f"--caption-length {caption_length!r}: {name} takes 2 to {limit} tokens per caption (SOT and EOT included)"
         )
 
 
@@ -206,13 +244,21 @@ def create_head(name: str, clip: nn.Module, embed_dim: int) -> nn.Module:
     raise AssertionError(f"unknown head {name!r}")  # check_model_choice rejects it first
 
 
-def create_clip4clip(model: str = "ViT-B-32", pretrained: str = "none", head: str = "meanP") -> CLIP4Clip:
-    """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none) and a temporal head."""
-    check_model_choice(model, pretrained, head)
+def create_clip4clip(
+    model: str = "ViT-B-32", pretrained: str = "none", head: str = "meanP", caption_length: int | None = None
+) -> CLIP4Clip:
+    """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none), a temporal head, and captions
+    cut to ``caption_length`` tokens (None: the text tower's full context length)."""
+    check_model_choice(model, pretrained, head, caption_length)
     clip = create_clip(model, pretrained)
+    if caption_length is not None and not cuts_captions_exactly(clip):
+        raise VidretError(
+            f"--caption-length needs a causal text tower pooled at the EOT token, as CLIP's; {model}'s is not"
+            " (leave --caption-length out)"
+        )
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     embed_dim = clip.visual.output_dim
-    spec = ModelSpec(model=model, head=head, pretrained=pretrained)
+    spec = ModelSpec(model=model, head=head, pretrained=pretrained, caption_length=caption_length)
     image_size = (
         tuple(preprocess["size"]) if isinstance(preprocess["size"], (list, tuple)) else (preprocess["size"],) * 2
     )
@@ -223,9 +269,11 @@ def create_clip4clip(model: str = "ViT-B-32", pretrained: str = "none", head: st
     return clip4clip
 
 
-def get_tokenizer(model: str):
-    """open_clip's tokenizer for ``model``: a callable from a list of captions to a token tensor."""
-    return open_clip.get_tokenizer(model)
+def cuts_captions_exactly(clip: nn.Module) -> bool:
+    """Whether zeros after EOT leave the text feature alone: a causal mask and pooling at EOT (argmax or eos)."""
+    text = getattr(clip, "text", clip)  # open_clip's CustomTextCLIP keeps the text tower under .text
+    pool_type = getattr(text, "text_pool_type", getattr(text, "pool_type", None))
+    return getattr(text, "attn_mask", None) is not None and pool_type in ("argmax", "eos")
 
 
 def autocast_for(device: torch.device):

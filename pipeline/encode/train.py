@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
-from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip, get_tokenizer
+from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip
 from pipeline.encode.reader import FrameStore, frames_and_manifest, prefetch_batches, select_videos
 from pipeline.errors import VidretError
 from pipeline.files import sha256_json, write_json
@@ -95,6 +95,7 @@ class TrainOptions:
     model: str = "ViT-B-32"
     pretrained: str = "openai"
     head: str = "meanP"
+    caption_length: int | None = None  # tokens per caption (CLIP4Clip's max_words); None: the full context
     recipe: Recipe = field(default_factory=lambda: RECIPES["mmaction2"])
     recipe_name: str = "mmaction2"
     accum_steps: int = 1
@@ -118,7 +119,7 @@ class TrainOptions:
             raise VidretError("--workers and --prefetch must be at least 1")
         if self.resume and self.force:
             raise VidretError("--resume continues a run and --force starts over; pass one of them")
-        check_model_choice(self.model, self.pretrained, self.head)
+        check_model_choice(self.model, self.pretrained, self.head, self.caption_length)
 
     def run_params(self) -> dict:
         """What determines the trained weights: a resumed run must match these."""
@@ -126,6 +127,7 @@ class TrainOptions:
             "model": self.model,
             "pretrained": self.pretrained,
             "head": self.head,
+            "caption_length": self.caption_length,
             "recipe": self.recipe_name,
             **asdict(self.recipe),
             "seed": self.seed,
@@ -254,13 +256,12 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
 
         seed_everything(options.seed, options.deterministic)
-        self.model = create_clip4clip(options.model, options.pretrained, options.head)
+        self.model = create_clip4clip(options.model, options.pretrained, options.head, options.caption_length)
         every_video = {*self.video_ids, *(entry.video_id for entry in self.val)}
         check_frame_size(self.model, self.store.frame_shape(every_video), Path(options.frames_dir))
         self.model.to(world.device).train()
-        tokenizer = get_tokenizer(options.model)
-        self.tokens = tokenizer(captions)
-        self.val_tokens = tokenizer(caption_pairs(self.val)[1]) if self.val else None
+        self.tokens = self.model.tokenize(captions)
+        self.val_tokens = self.model.tokenize(caption_pairs(self.val)[1]) if self.val else None
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, self.recipe), betas=(self.recipe.beta1, self.recipe.beta2), eps=self.recipe.eps
         )
@@ -323,7 +324,7 @@ class Trainer:
 
     def restore(self) -> None:
         payload = read_checkpoint(self.out / LAST_CHECKPOINT)
-        saved, current = payload.get("params", {}), self.options.run_params()
+        saved, current = with_param_defaults(payload.get("params", {})), self.options.run_params()
         if saved != current:
             raise VidretError(
                 f"{self.out / LAST_CHECKPOINT}: --resume with other training parameters"
@@ -544,6 +545,12 @@ def describe_epoch(record: dict, epochs: int) -> str:
     )
 
 
+def with_param_defaults(params: dict) -> dict:
+    """Run parameters as saved by an older vidret, with the values it used for parameters it did not record:
+    runs from before ``caption_length`` tokenised to the full context length."""
+    return {"caption_length": None, **params} if params else params
+
+
 def training_inputs(options: TrainOptions) -> dict:
     """What training reads, with a fingerprint: the decoded frames and the manifest."""
     inputs = frames_and_manifest(options.frames_dir, options.manifest)
@@ -561,6 +568,8 @@ def train(options: TrainOptions) -> TrainSummary:
     try:
         inputs = training_inputs(options)
         previous = read_stage(Path(options.out))
+        if previous is not None:
+            previous = {**previous, "params": with_param_defaults(previous.get("params") or {})}
         reason = describe_rerun(previous, inputs["fingerprint"], options.run_params())
         if previous is not None and reason is None and not (options.force or options.resume):
             return TrainSummary(

@@ -1,0 +1,17 @@
+"""The public benchmarks: their definitions (manifests/datasets/), readers for their official
+annotation formats, and the manifest builder behind ``vidret manifest build``."""
+
+from pipeline.datasets.build import ManifestBuildSummary, Problem, build_manifest
+from pipeline.datasets.definitions import DatasetDefinition, available_datasets, load_definition
+from pipeline.datasets.formats import READERS, DatasetError
+
+__all__ = [
+    "READERS",
+    "DatasetDefinition",
+    "DatasetError",
+    "ManifestBuildSummary",
+    "Problem",
+    "available_datasets",
+    "build_manifest",
+    "load_definition",
+]
