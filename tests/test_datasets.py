@@ -103,9 +103,11 @@ def test_real_msrvtt_1k_a_finds_stand_in_videos_in_subfolders(tmp_path):
 
 def write_msrvtt_clip4clip(folder: Path, train_name: str = "MSRVTT_train.9k.csv") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    # video2 is listed twice; video4 has no sentence; video9 is also a test video.
+    # video2 is listed twice; video4 has no sentence; video9 is also a test video; line 8 names no video.
     write_csv(
-        folder / train_name, ["video_id"], [["video0"], ["video1"], ["video2"], ["video2"], ["video4"], ["video9"]]
+        folder / train_name,
+        ["video_id"],
+        [["video0"], ["video1"], ["video2"], ["video2"], ["video4"], ["video9"], [""]],
     )
     sentences = [
         {"caption": "a man sings", "video_id": "video0", "sen_id": 0},
@@ -120,7 +122,8 @@ def write_msrvtt_clip4clip(folder: Path, train_name: str = "MSRVTT_train.9k.csv"
     write_csv(
         folder / "MSRVTT_JSFUSION_test.csv",
         ["key", "vid_key", "video_id", "sentence"],
-        [["ret0", "msr9", "video9", "a dog runs"], ["ret1", "msr8", "video8", "a woman cooks"]],
+        # The last row is cut short: no video_id, no sentence.
+        [["ret0", "msr9", "video9", "a dog runs"], ["ret1", "msr8", "video8", "a woman cooks"], ["ret2", "msr7"]],
     )
 
 
@@ -144,6 +147,8 @@ def test_msrvtt_9k_clip4clip_layout(tmp_path):
         ("empty_caption", "video1", "train"),
         ("no_caption", "video4", "train"),
         ("other_split", "video9", "train"),  # kept in test only, so training never sees it
+        ("empty_id", "", "train"),
+        ("empty_id", "", "test"),
     }
     detail = {problem.kind: problem.detail for problem in summary.problems}
     assert detail["duplicate_id"] == "MSRVTT_train.9k.csv:5 repeats MSRVTT_train.9k.csv:4; captions merged"
@@ -153,12 +158,14 @@ def test_msrvtt_9k_clip4clip_layout(tmp_path):
         "test": {"videos": 2, "captions": 2, "missing_video": 0},
     }
     report = json.loads(summary.report.read_text())
-    assert {problem["kind"] for problem in report["problems"]} == {
+    assert [problem["kind"] for problem in report["problems"]] == [
+        "empty_id",  # found while merging the listings, test first, in file order
         "duplicate_id",
-        "empty_caption",
-        "no_caption",
         "other_split",
-    }
+        "empty_id",
+        "empty_caption",  # then per video, in manifest order
+        "no_caption",
+    ]
 
 
 def test_msrvtt_7k_reads_the_7k_csv(tmp_path):

@@ -15,6 +15,7 @@ console:
 - ``empty_caption``: an empty caption is dropped.
 - ``no_caption``: no caption is left; the video is left out of the manifest,
   which needs at least one caption per video.
+- ``empty_id``: an annotation line names no video; it is left out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.datasets.definitions import DatasetDefinition, Layout, load_definition
@@ -176,7 +177,7 @@ def build_manifest(dataset: str, annotations: Path | str, videos: Path | str, ou
             "manifest": {"path": str(out.absolute()), "sha256": sha256_file(out)},
             "defaults": definition.defaults,
             "counts": counts,
-            "problems": [problem.__dict__ for problem in problems],
+            "problems": [asdict(problem) for problem in problems],
             "versions": library_versions(),
         },
     )
@@ -191,7 +192,9 @@ def _merge_listings(listings: dict[str, list[Listing]], problems: list[Problem])
         kept = chosen.setdefault(split, {})
         for listing in listings.get(split, []):
             video_id = listing.video_id
-            if video_id in kept:
+            if not video_id.strip():
+                problems.append(Problem(video_id, split, "empty_id", f"{listing.where}: no video id; left out"))
+            elif video_id in kept:
                 first = kept[video_id]
                 problems.append(
                     Problem(video_id, split, "duplicate_id", f"{listing.where} repeats {first.where}; captions merged")
@@ -213,9 +216,8 @@ def _usable_captions(listing: Listing, split: str, problems: list[Problem]) -> l
     usable = [caption for caption in listing.captions if isinstance(caption, str) and caption.strip()]
     dropped = len(listing.captions) - len(usable)
     if dropped:
-        problems.append(
-            Problem(listing.video_id, split, "empty_caption", f"{dropped} empty caption(s) dropped ({listing.where})")
-        )
+        detail = f"{dropped} empty or non-text caption(s) dropped ({listing.where})"
+        problems.append(Problem(listing.video_id, split, "empty_caption", detail))
     return usable
 
 

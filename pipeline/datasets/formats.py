@@ -80,7 +80,8 @@ def _read_csv_rows(path: Path, columns: tuple[str, ...]):
     missing = [column for column in columns if column not in (reader.fieldnames or [])]
     _expect(not missing, str(path), f"no column {', '.join(missing)} in its header {reader.fieldnames}")
     for row in reader:
-        yield reader.line_num, row
+        # A short row leaves its last fields None: read them as empty, for the builder to report.
+        yield reader.line_num, {key: value if isinstance(value, str) else "" for key, value in row.items()}
 
 
 def read_msrvtt(files: dict[str, Path]) -> Listings:
