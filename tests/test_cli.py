@@ -102,6 +102,7 @@ def test_encode_train_embed_index_and_search(decoded_synthetic, tmp_path):
     assert [line.split()[0] for line in table[1:5]] == ["text->video", "video->text"] * 2
     assert "DSL" in table[3] and "DSL" in table[4]
     assert table[-1].startswith("index: 8 videos, 8 captions in ") and str(tmp_path / "index") in table[-1]
+    assert table[-1].endswith("; not in these metrics: 1 videos of the split that decode skipped (1 missing)")
     assert "rank: 100%" in indexed.stderr  # the progress bar
 
     caption = read_manifest(decoded_synthetic["manifest"])[-3].captions[0]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pickle
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from pipeline.encode.distributed import resolve_device
 from pipeline.encode.embed import TEXTS_FILE, VIDEOS_FILE
+from pipeline.encode.reader import describe_skipped
 from pipeline.errors import VidretError
 from pipeline.files import commit_file, sha256_file, sha256_json, temporary_path, write_json, write_parquet
 from pipeline.index.faiss_index import (
@@ -86,16 +88,25 @@ class IndexSummary:
     seconds: float = 0.0
     skipped: str | None = None  # why nothing was computed
     rerun: str | None = None  # why an earlier output was replaced
+    not_embedded: dict[str, int] = field(default_factory=dict)  # videos of the split decode failed, by status
 
     def line(self) -> str:
         if self.skipped:
             return f"index: skipped, {self.skipped}"
         t2v = self.metrics["t2v"]
         why = f" (recomputed: {self.rerun})" if self.rerun else ""
+        # A benchmark's figures are comparable only on its whole test set: say when videos are absent.
+        absent = sum(self.not_embedded.values())
+        incomplete = (
+            f"; not in these metrics: {absent} videos of the split that decode skipped"
+            f" ({describe_skipped(Counter(self.not_embedded))})"
+            if absent
+            else ""
+        )
         return (
             f"index: {self.metrics['num_videos']} videos, {self.metrics['num_texts']} captions in {self.seconds:.1f} s;"
             f" t2v R@1 {t2v['R@1']:.1f} MdR {t2v['MdR']:g} -> {self.out}"
-            f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){why}"
+            f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){incomplete}{why}"
         )
 
 
@@ -160,6 +171,7 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
         }
     index = build_index(embeddings.videos)
     upstream = read_stage(embeddings_dir) or {}
+    not_embedded = (upstream.get("counts") or {}).get("skipped") or {}
     write_index(out, index, embeddings.video_ids, video_paths(upstream, embeddings.video_ids))
     write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
     write_json(out / METRICS_FILE, metrics)
@@ -174,12 +186,17 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
             "input": {"embeddings": str(embeddings_dir.absolute()), "fingerprint": fingerprint},
             "model": upstream.get("model"),  # which text tower `vidret search` must use
             "metrics": metrics,
-            "counts": {"videos": metrics["num_videos"], "texts": metrics["num_texts"], "dim": embeddings.dim},
+            "counts": {
+                "videos": metrics["num_videos"],
+                "texts": metrics["num_texts"],
+                "dim": embeddings.dim,
+                "not_embedded": not_embedded,
+            },
             "throughput": {"seconds": round(seconds, 3), "rank_device": str(device), "faiss_gpus": faiss_gpus()},
             "libraries": library_versions("faiss-cpu", "faiss-gpu", "torch", "pyarrow"),
         },
     )
-    return IndexSummary(out, metrics, seconds, rerun=reason if previous else None)
+    return IndexSummary(out, metrics, seconds, rerun=reason if previous else None, not_embedded=not_embedded)
 
 
 def compute_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> dict[str, np.ndarray]:
