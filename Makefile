@@ -59,7 +59,7 @@ INDEX_ARGS ?=
 QUERY ?= a large red circle moves left on a black background
 SEARCH_ARGS ?= --k 5
 
-.PHONY: setup demo synth manifest decode encode embed index search test clean
+.PHONY: setup demo synth manifest decode encode embed index search bench test clean
 
 setup: $(VENV)/.installed
 
@@ -116,6 +116,17 @@ demo: setup
 	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
 	@echo "demo: videos and manifest in $(DATA)/; frames in $(RUN)/frames/; model in $(RUN)/model/ (best.pt);"
 	@echo "demo: embeddings in $(RUN)/embeddings/; index, metrics.json and ranks.parquet in $(RUN)/index/."
+
+# Every stage against its floor, with the figures in bench.json (opencv-python-headless, the `bench`
+# extra, is installed for the decode baselines). BENCH_ARGS="--only index" runs one part.
+BENCH_OUT ?= bench.json
+BENCH_ARGS ?=
+bench: $(VENV)/.bench-installed
+	$(VIDRET) bench --out $(BENCH_OUT) $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +50,8 @@ def write_random_frames(root: Path, videos: int, frames: int, size: int, shard: 
     """A frames directory and manifest of ``videos`` random clips (90% train, 10% val)."""
     rng = np.random.default_rng(0)
     frames_dir = root / "frames"
-    frames_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(frames_dir, ignore_errors=True)  # a scratch folder: parts left by a larger run would not match
+    frames_dir.mkdir(parents=True)
     records = []
     for start in range(0, videos, shard):
         ids = [f"bench{i:06d}" for i in range(start, min(start + shard, videos))]
@@ -149,12 +153,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--root", type=Path, default=Path("/tmp/vidret-encode-bench"))
-    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--root", type=Path, help="scratch folder (default: a new temporary one)")
+    parser.add_argument("--out", type=Path, help="Also write the results here, as JSON.")
     args = parser.parse_args()
 
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     size = create_clip4clip(args.model, "none", "meanP").image_size[0]
+    if args.root is None:
+        args.root = Path(tempfile.mkdtemp(prefix="vidret-encode-bench-"))
     frames_dir = write_random_frames(args.root, args.videos, args.frames, size)
     alone = model_alone(args, device)
     measured = pipeline(args, frames_dir, args.root / "manifest.jsonl", device.type)
@@ -162,14 +168,16 @@ def main() -> None:
         "model": args.model, "head": args.head, "frames": args.frames, "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(), "model_alone": alone, "pipeline": measured,
+        "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "efficiency": {
             "training": measured["training_videos_per_second_last_epoch"] / alone["training_videos_per_second"],
             "embedding": measured["embedding_videos_per_second"] / alone["inference_videos_per_second"],
         },
     }  # fmt: skip
     print(json.dumps(results, indent=2))
-    if args.json:
-        write_json(args.json, results)
+    if args.out:
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

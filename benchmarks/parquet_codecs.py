@@ -25,21 +25,9 @@ from pipeline.decode.writer import FRAMES_PARQUET_OPTIONS, frames_table
 from pipeline.schemas import FRAMES_SCHEMA
 from pipeline.synth import SynthOptions, plan_dataset, render_frames, write_video
 
+from decode_throughput import pink_noise  # the same natural-image texture (this folder is on sys.path)
+
 CODECS = [("none", None), ("snappy", None), ("lz4", None), ("zstd", 1), ("zstd", 3), ("gzip", None)]
-
-
-def pink_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """An RGB image with a 1/f amplitude spectrum, scaled to 0..255."""
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.rfftfreq(width)[None, :]
-    amplitude = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / max(height, width))
-    channels = []
-    for _ in range(3):
-        phase = rng.uniform(0, 2 * np.pi, amplitude.shape)
-        image = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(height, width))
-        channels.append((image - image.mean()) / image.std())
-    image = np.stack(channels, -1) * 45 + 128
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def natural_clip(rng: np.random.Generator, frames: int = 90, height: int = 240, width: int = 320):

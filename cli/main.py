@@ -369,5 +369,24 @@ def search(
         typer.echo(format_hits(query, hits))
 
 
+@app.command()
+@reports_errors
+def bench(
+    out: Annotated[Path, typer.Option(help="Where the results go (JSON).")] = Path("bench.json"),
+    only: Annotated[
+        str, typer.Option(help="Comma-separated parts to run: decode, encode, index.")
+    ] = "decode,encode,index",
+    quick: Annotated[bool, typer.Option(help="Tiny sizes: checks that every part runs; not figures to quote.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Measure every stage against its floor (decode, encode, index); write bench.json and print a table."""
+    from pipeline.bench import BenchOptions, bench_table, run_bench
+
+    parts = tuple(part.strip() for part in only.split(","))
+    results = run_bench(BenchOptions(out=out, parts=parts, quick=quick, progress=progress))
+    typer.echo(bench_table(results))
+    typer.echo(f"bench: {len(results['summary'])} figures -> {out}")
+
+
 if __name__ == "__main__":
     app()

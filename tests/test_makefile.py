@@ -49,3 +49,15 @@ def test_manifest_target_and_unknown_dataset():
     assert build.endswith("vidret manifest build lsmdc --annotations ann --videos vids --out manifests/lsmdc.jsonl")
     made = subprocess.run(["make", "-n", "decode", "DATASET=nope"], cwd=ROOT, capture_output=True, text=True)
     assert made.returncode != 0 and "DATASET=nope: no manifests/datasets/nope.json" in made.stderr
+
+
+def test_bench_target_installs_the_bench_extra_and_runs_vidret_bench():
+    made = subprocess.run(
+        ["make", "-n", "-B", "--no-print-directory", "bench", "BENCH_ARGS=--only index"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "pip install --quiet -e '.[dev,bench]'" in made.stdout
+    assert made.stdout.rstrip().endswith("vidret bench --out bench.json --only index")

@@ -1,0 +1,277 @@
+"""Decode throughput against a floor and the loaders people use, per worker process.
+
+Every method takes the same 12 uniformly sampled frames of each clip to 224² RGB
+(short side to 256, centre crop, as vidret's default), except the floor:
+
+- floor: PyAV decodes every frame up to the last sampled one, without colour
+  conversion. Sampling from a clip with ~2 keyframes cannot cost less.
+- vidret: ``pipeline.decode.read_video`` (decord, resizing in its filter graph).
+- pyav-all: PyAV decodes and converts every frame, then keeps 12 (the naive loader).
+- opencv-seek: OpenCV seeks to each sampled frame and reads it (CLIP4Clip's loader).
+- opencv-grab: OpenCV grabs every frame and retrieves only the 12 (clip-video-encode).
+
+Each worker process is pinned to one core and every decoder is single-threaded,
+so videos/s per worker is a per-core figure. The CPU time each worker spends per
+video (all its threads) is reported beside the wall time: on a shared machine it
+is the steadier of the two. The corpus (MSR-VTT-like clips: 15 s,
+30 fps, 320x240, H.264 with x264's default keyframe interval, panning 1/f-noise
+texture; and a few 1080p clips) is written once to --cache.
+
+    .venv/bin/pip install -e '.[bench]'   # opencv-python-headless, for the OpenCV baselines
+    .venv/bin/python benchmarks/decode_throughput.py [--clips 24] [--hd-clips 3] [--workers 1 2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# Single-threaded decoders: set before cv2 and the FFmpeg libraries are loaded anywhere.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")
+
+import numpy as np  # noqa: E402
+
+from pipeline.decode.reader import FrameSpec, read_video, resized_size  # noqa: E402
+from pipeline.decode.sampling import sample_frame_indices  # noqa: E402
+from pipeline.synth import write_video  # noqa: E402
+
+SPEC = FrameSpec(num_frames=12, size=224)
+SECONDS, FPS = 15, 30
+
+
+def pink_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """An RGB texture with natural images' 1/f amplitude spectrum."""
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    amplitude = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / max(height, width))
+    channels = []
+    for _ in range(3):
+        phase = rng.uniform(0, 2 * np.pi, amplitude.shape)
+        image = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(height, width))
+        channels.append((image - image.mean()) / image.std())
+    return np.clip(np.stack(channels, -1) * 45 + 128, 0, 255).astype(np.uint8)
+
+
+def panning_clip(rng: np.random.Generator, width: int, height: int, frames: int):
+    """A camera panning across a texture 1.5x the frame, at a speed that stays inside it."""
+    texture = pink_noise(rng, height * 3 // 2, width * 3 // 2)
+    margin_y, margin_x = texture.shape[0] - height, texture.shape[1] - width
+    for t in range(frames):
+        y, x = round(margin_y * t / frames), round(margin_x * t / frames)
+        yield np.ascontiguousarray(texture[y : y + height, x : x + width])
+
+
+def make_corpus(cache: Path, clips: int, hd_clips: int) -> dict[str, list[Path]]:
+    """The clips, written on first use (x264 veryfast, crf 23, default keyint 250: 2 keyframes per clip)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    corpus = {"msrvtt-like 320x240": [], "1080p": []}
+    for name, count, (width, height) in (("msrvtt-like 320x240", clips, (320, 240)), ("1080p", hd_clips, (1920, 1080))):
+        for number in range(count):
+            path = cache / f"{width}x{height}-{number:03d}.mp4"
+            if not path.exists():
+                rng = np.random.default_rng(number)
+                frames = panning_clip(rng, width, height, SECONDS * FPS)
+                write_video(path, frames, FPS, codec_options={"preset": "veryfast", "crf": "23"})
+            corpus[name].append(path)
+    return corpus
+
+
+def sampled(num_frames: int) -> list[int]:
+    return sample_frame_indices(num_frames, SPEC.num_frames, SPEC.sampling)
+
+
+def resize_and_crop(frames: list[np.ndarray]) -> np.ndarray:
+    """The baselines' 12 full-size RGB frames to vidret's output: short side 256 (bilinear), centre 224."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    new_width, new_height = resized_size(width, height, SPEC.short_side)
+    top, left = (new_height - SPEC.size) // 2, (new_width - SPEC.size) // 2
+    out = [cv2.resize(frame, (new_width, new_height), interpolation=cv2.INTER_LINEAR) for frame in frames]
+    return np.stack([frame[top : top + SPEC.size, left : left + SPEC.size] for frame in out])
+
+
+def pyav_stream(container):
+    stream = container.streams.video[0]
+    stream.thread_type = "NONE"  # one thread, as every method here
+    stream.codec_context.thread_count = 1
+    return stream
+
+
+def floor(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = pyav_stream(container)
+        last = max(sampled(stream.frames))
+        for number, _ in enumerate(container.decode(stream)):
+            if number == last:
+                return number + 1
+    raise RuntimeError(f"{path}: fewer frames than the container lists")
+
+
+def pyav_all(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = pyav_stream(container)
+        wanted = sampled(stream.frames)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    return resize_and_crop([frames[index] for index in wanted])
+
+
+def opencv_capture(path: Path):
+    import cv2
+
+    cv2.setNumThreads(1)
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    return capture, sampled(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+
+
+def opencv_seek(path: Path) -> np.ndarray:
+    import cv2
+
+    capture, wanted = opencv_capture(path)
+    frames = []
+    for index in wanted:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = capture.read()
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return resize_and_crop(frames)
+
+
+def opencv_grab(path: Path) -> np.ndarray:
+    import cv2
+
+    capture, wanted = opencv_capture(path)
+    frames, targets = [], set(wanted)
+    for index in range(max(wanted) + 1):
+        capture.grab()
+        if index in targets:
+            _, frame = capture.retrieve()
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return resize_and_crop([frames[sorted(targets).index(index)] for index in wanted])
+
+
+def vidret(path: Path) -> np.ndarray:
+    return read_video(path, SPEC).frames
+
+
+METHODS = {
+    "floor": floor,
+    "vidret": vidret,
+    "pyav-all": pyav_all,
+    "opencv-seek": opencv_seek,
+    "opencv-grab": opencv_grab,
+}
+
+
+def pin_to_core(cores: list[int]) -> None:
+    """Pool initializer: each worker process takes the next core."""
+    import multiprocessing
+
+    identity = multiprocessing.current_process()._identity
+    os.sched_setaffinity(0, {cores[(identity[0] - 1) % len(cores)] if identity else cores[0]})
+
+
+def run(method: str, path: Path) -> float:
+    """CPU seconds of this process (every thread) for one video: unlike wall time, what other tenants of
+    a shared machine do barely moves it."""
+    started = time.process_time()
+    METHODS[method](path)
+    return time.process_time() - started
+
+
+def measure(paths: list[Path], workers: int, repeats: int) -> list[dict]:
+    """Each method's best wall time over the corpus, with ``workers`` pinned processes. The methods take
+    turns within every repeat, so that a slow spell on a shared machine hits them all alike."""
+    cores = sorted(os.sched_getaffinity(0))[:workers]
+    walls: dict[str, list[float]] = {method: [] for method in METHODS}
+    cpu: dict[str, list[float]] = {method: [] for method in METHODS}
+    with ProcessPoolExecutor(workers, initializer=pin_to_core, initargs=(cores,)) as pool:
+        for method in METHODS:  # warm up: imports and the first open, in every worker
+            list(pool.map(run, [method] * workers, paths[:workers]))
+        for _ in range(repeats):
+            for method in METHODS:
+                started = time.perf_counter()
+                cpu[method].append(sum(pool.map(run, [method] * len(paths), paths)))
+                walls[method].append(time.perf_counter() - started)
+    rows = []
+    for method, times in walls.items():
+        wall = min(times)
+        rows.append(
+            {
+                "method": method,
+                "workers": workers,
+                "videos": len(paths),
+                "seconds": round(wall, 4),
+                "videos_per_s": round(len(paths) / wall, 2),
+                "videos_per_s_per_worker": round(len(paths) / wall / workers, 2),
+                "frames_per_s": round(len(paths) * SPEC.num_frames / wall, 1),
+                "time_to_floor": round(wall / min(walls["floor"]), 3),
+                "cpu_s_per_video": round(min(cpu[method]) / len(paths), 4),
+                "cpu_to_floor": round(min(cpu[method]) / min(cpu["floor"]), 3),
+            }
+        )
+    return rows
+
+
+def check_same_frames(paths: list[Path]) -> dict[str, float]:
+    """Every method must return the same 12 frames: mean absolute difference to vidret's, in grey levels."""
+    reference = vidret(paths[0]).astype(np.int16)
+    return {
+        method: round(float(np.abs(METHODS[method](paths[0]).astype(np.int16) - reference).mean()), 2)
+        for method in ("pyav-all", "opencv-seek", "opencv-grab")
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=Path("data/bench/decode"), help="where the clips are kept")
+    parser.add_argument("--clips", type=int, default=24, help="MSR-VTT-like 320x240 clips")
+    parser.add_argument("--hd-clips", type=int, default=3, help="1080p clips (one worker only)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    corpus = make_corpus(args.cache, args.clips, args.hd_clips)
+    results = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
+        "spec": SPEC.to_dict(),
+        "frame_difference_to_vidret": check_same_frames(corpus["msrvtt-like 320x240"]),
+        "runs": {},
+    }
+    for name, paths in corpus.items():
+        if not paths:
+            continue
+        rows = []
+        for workers in args.workers if name != "1080p" else [1]:
+            rows += measure(paths, workers, args.repeats)
+        results["runs"][name] = rows
+        print(f"\n{name}: {len(paths)} clips of {SECONDS} s at {FPS} fps, 12 frames to {SPEC.size}² each")
+        print(
+            f"{'method':12} {'workers':>7} {'videos/s':>9} {'per worker':>10} {'frames/s':>9} {'time / floor':>12}"
+            f" {'CPU ms/video':>12} {'CPU / floor':>11}"
+        )
+        for row in rows:
+            print(
+                f"{row['method']:12} {row['workers']:>7} {row['videos_per_s']:>9.2f}"
+                f" {row['videos_per_s_per_worker']:>10.2f} {row['frames_per_s']:>9.1f} {row['time_to_floor']:>12.2f}"
+                f" {row['cpu_s_per_video'] * 1000:>12.1f} {row['cpu_to_floor']:>11.2f}"
+            )
+    print(f"\nmean |difference| to vidret's frames, grey levels: {results['frame_difference_to_vidret']}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

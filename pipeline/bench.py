@@ -1,0 +1,200 @@
+"""``vidret bench``: run the benchmarks in ``benchmarks/`` and collect their figures in one file.
+
+Each part is a script that measures a stage against its floor within one run, so
+every comparison is a ratio taken on the same machine at the same time:
+
+- decode: ``decode_throughput.py``, vidret against a PyAV floor and three common loaders;
+- encode: ``encode_throughput.py``, the train and embed pipelines against the model alone;
+- index: ``index_scaling.py``, blockwise ranks against the bare similarity products, and FAISS.
+
+The scripts run as child processes (a fresh interpreter each, so a part's peak
+memory is its own) with sizes chosen for the device: a CPU gets the tiny model and
+small corpora, so that the whole run takes minutes. ``bench.json`` holds the
+machine, each part's command and raw results, and the summary rows that
+``bench_table`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.errors import VidretError
+from pipeline.files import write_json
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = {"decode": "decode_throughput.py", "encode": "encode_throughput.py", "index": "index_scaling.py"}
+# Each part's arguments per setting (the script's --out is added). Decode is CPU work on any machine.
+ARGUMENTS = {
+    "decode": {
+        "cpu": "--clips 12 --hd-clips 1 --workers 1 2 --repeats 2",
+        "quick": "--clips 2 --hd-clips 0 --workers 1 --repeats 1",
+    },
+    "encode": {
+        "cpu": "--model vidret-tiny --device cpu --videos 256 --batch-size 32 --epochs 2",
+        "cuda": "--model ViT-B-32 --videos 1152 --batch-size 128 --epochs 2 --repeats 10",
+        "quick": "--model vidret-micro --device cpu --videos 32 --batch-size 8 --repeats 2",
+    },
+    "index": {
+        "cpu": "--sizes 1000 10000 --dim 512",
+        "cuda": "--sizes 1000 10000 100000 --dim 512",
+        "quick": "--sizes 1000 --dim 64",
+    },
+}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    out: Path = Path("bench.json")
+    parts: tuple[str, ...] = tuple(SCRIPTS)
+    quick: bool = False  # the smallest sizes that still run every measurement: a smoke test, not figures
+    progress: bool = True  # print each part's own report as it runs
+
+    def __post_init__(self) -> None:
+        unknown = [part for part in self.parts if part not in SCRIPTS]
+        if unknown or not self.parts:
+            raise VidretError(f"unknown benchmark part {unknown[:1]} (expected some of {', '.join(SCRIPTS)})")
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+    return {
+        "cpu": names[0] if names else platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def part_command(part: str, setting: str, out: Path) -> list[str]:
+    arguments = ARGUMENTS[part].get(setting, ARGUMENTS[part]["cpu"]).split()
+    return [sys.executable, str(BENCHMARKS_DIR / SCRIPTS[part]), *arguments, "--out", str(out)]
+
+
+def run_bench(options: BenchOptions) -> dict:
+    """Run the parts in order; write ``options.out`` (bench.json) and return what it holds."""
+    import torch
+
+    setting = "quick" if options.quick else "cuda" if torch.cuda.is_available() else "cpu"
+    results = {"machine": machine(), "setting": setting, "parts": {}, "summary": []}
+    with tempfile.TemporaryDirectory(prefix="vidret-bench-") as scratch:
+        for part in options.parts:
+            out = Path(scratch) / f"{part}.json"
+            command = part_command(part, setting, out)
+            started = time.perf_counter()
+            finished = subprocess.run(
+                command, cwd=BENCHMARKS_DIR.parent, capture_output=not options.progress, text=True
+            )
+            if finished.returncode != 0:
+                last_line = (finished.stderr or "").strip().splitlines()[-1:] if not options.progress else []
+                why = f"exit {finished.returncode}{': ' + last_line[0] if last_line else ''}"
+                raise VidretError(f"bench: the {part} benchmark failed ({why})")
+            raw = json.loads(out.read_text())
+            results["parts"][part] = {
+                "command": " ".join(command[1:]),
+                "seconds": round(time.perf_counter() - started, 1),
+                "results": raw,
+            }
+            results["summary"] += SUMMARIES[part](raw)
+    write_json(Path(options.out), results)
+    return results
+
+
+def _decode_rows(raw: dict) -> list[dict]:
+    rows = []
+    for corpus, runs in raw["runs"].items():
+        for run in runs:
+            rows.append(
+                {
+                    "part": "decode",
+                    "figure": f"{corpus}, {run['method']}, {run['workers']} worker(s)",
+                    "value": run["videos_per_s_per_worker"],
+                    "unit": "videos/s per worker",
+                    "ratio": run["time_to_floor"],
+                    "ratio_of": "time / the floor's",
+                }
+            )
+    return rows
+
+
+def _encode_rows(raw: dict) -> list[dict]:
+    alone, measured = raw["model_alone"], raw["pipeline"]
+    where = f"{raw['device']}, {raw['model']} {raw['head']}, batch {raw['batch_size']}"
+    pairs = [
+        ("embed", measured["embedding_videos_per_second"], alone["inference_videos_per_second"], "embedding"),
+        ("train", measured["training_videos_per_second_last_epoch"], alone["training_videos_per_second"], "training"),
+    ]
+    return [
+        {
+            "part": "encode",
+            "figure": f"{name} pipeline ({where}); model alone {ceiling:.1f} videos/s",
+            "value": round(value, 1),
+            "unit": "videos/s",
+            "ratio": round(raw["efficiency"][key], 3),
+            "ratio_of": "pipeline / model alone",
+        }
+        for name, value, ceiling, key in pairs
+    ]
+
+
+def _index_rows(raw: dict) -> list[dict]:
+    rows = []
+    for result in raw["results"]:
+        size = f"{result['size']:,} x {result['size']:,}, dim {result['dim']}"
+        rows += [
+            {
+                "part": "index",
+                "figure": f"ranks, both directions, {size}; peak RSS {result['peak_rss_gib']:.2f} GiB",
+                "value": round(result["ranks_s"], 3),
+                "unit": "s",
+                "ratio": round(result["ranks_over_gemm"], 3),
+                "ratio_of": "time / the bare similarity products'",
+            },
+            {
+                "part": "index",
+                "figure": f"FAISS top-10 for every caption, {size}",
+                "value": round(result["faiss_search_top10_s"], 3),
+                "unit": "s",
+                "ratio": None,
+                "ratio_of": None,
+            },
+        ]
+    return rows
+
+
+SUMMARIES = {"decode": _decode_rows, "encode": _encode_rows, "index": _index_rows}
+
+
+def bench_table(results: dict) -> str:
+    """The summary rows as text, under the machine they were measured on."""
+    host = results["machine"]
+    lines = [
+        f"vidret bench ({results['setting']}) on {host['cpu']}, {host['cores']} cores"
+        f"{', ' + host['gpu'] if host['gpu'] else ''}; {host['date']}",
+        f"{'part':7} {'value':>10}  {'unit':20} {'ratio':>6}  figure (ratio of)",
+    ]
+    for row in results["summary"]:
+        ratio = f"{row['ratio']:6.2f}" if row["ratio"] is not None else " " * 6
+        of = f" ({row['ratio_of']})" if row["ratio_of"] else ""
+        lines.append(f"{row['part']:7} {row['value']:>10}  {row['unit']:20} {ratio}  {row['figure']}{of}")
+    return "\n".join(lines)
