@@ -116,6 +116,7 @@ def run_bench(options: BenchOptions) -> dict:
                 "results": raw,
             }
             results["summary"] += SUMMARIES[part](raw)
+    Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(options.out), results)
     return results
 

@@ -9,7 +9,7 @@ from pipeline.errors import VidretError
 
 
 def test_quick_index_and_encode_parts_write_bench_json(tmp_path):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "results" / "bench.json"  # a folder that does not exist yet
     results = run_bench(BenchOptions(out=out, parts=("index", "encode"), quick=True, progress=False))
     assert json.loads(out.read_text()) == results
     assert results["setting"] == "quick" and results["machine"]["cores"] >= 1
