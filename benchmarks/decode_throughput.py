@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import time
@@ -140,7 +141,7 @@ def opencv_seek(path: Path) -> np.ndarray:
     frames = []
     for index in wanted:
         capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = capture.read()
+        _, frame = capture.read()
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     capture.release()
     return resize_and_crop(frames)
@@ -150,14 +151,14 @@ def opencv_grab(path: Path) -> np.ndarray:
     import cv2
 
     capture, wanted = opencv_capture(path)
-    frames, targets = [], set(wanted)
+    retrieved = {}
     for index in range(max(wanted) + 1):
         capture.grab()
-        if index in targets:
+        if index in wanted:
             _, frame = capture.retrieve()
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            retrieved[index] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     capture.release()
-    return resize_and_crop([frames[sorted(targets).index(index)] for index in wanted])
+    return resize_and_crop([retrieved[index] for index in wanted])
 
 
 def vidret(path: Path) -> np.ndarray:
@@ -173,12 +174,9 @@ METHODS = {
 }
 
 
-def pin_to_core(cores: list[int]) -> None:
-    """Pool initializer: each worker process takes the next core."""
-    import multiprocessing
-
-    identity = multiprocessing.current_process()._identity
-    os.sched_setaffinity(0, {cores[(identity[0] - 1) % len(cores)] if identity else cores[0]})
+def pin_to_core(cores) -> None:
+    """Pool initializer: each worker process takes a core of its own from the queue."""
+    os.sched_setaffinity(0, {cores.get()})
 
 
 def run(method: str, path: Path) -> float:
@@ -192,7 +190,9 @@ def run(method: str, path: Path) -> float:
 def measure(paths: list[Path], workers: int, repeats: int) -> list[dict]:
     """Each method's best wall time over the corpus, with ``workers`` pinned processes. The methods take
     turns within every repeat, so that a slow spell on a shared machine hits them all alike."""
-    cores = sorted(os.sched_getaffinity(0))[:workers]
+    cores = multiprocessing.Queue()
+    for core in sorted(os.sched_getaffinity(0))[:workers]:
+        cores.put(core)
     walls: dict[str, list[float]] = {method: [] for method in METHODS}
     cpu: dict[str, list[float]] = {method: [] for method in METHODS}
     with ProcessPoolExecutor(workers, initializer=pin_to_core, initargs=(cores,)) as pool:

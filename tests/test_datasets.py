@@ -444,6 +444,7 @@ def test_a_rebuild_writes_identical_bytes(tmp_path):
         ("not utf-8", r"train_9k.json: not UTF-8 text \(invalid start byte at byte 14\)"),
         ("json of the wrong shape", r"train_9k.json: expected a JSON object mapping video file names to captions"),
         ("csv without its column", r"MSRVTT_JSFUSION_test.csv: no column video_id in its header \['key', 'sentence'\]"),
+        ("csv with a header only", r"the clip4clip annotations list no captioned video"),
     ],
 )
 def test_bad_annotations_are_one_line_errors_and_keep_earlier_output(tmp_path, case, message):
@@ -467,6 +468,9 @@ def test_bad_annotations_are_one_line_errors_and_keep_earlier_output(tmp_path, c
         (annotations / "train_9k.json").write_text('{"video0.mp4": [')
     elif case == "json of the wrong shape":
         (annotations / "train_9k.json").write_text('[["video0.mp4", "a caption"]]')
+    elif case == "csv with a header only":
+        dataset = "msrvtt-1k-a"  # whose layout has no MSRVTT_data.json to take captions from
+        write_csv(annotations / "MSRVTT_JSFUSION_test.csv", ["key", "vid_key", "video_id", "sentence"], [])
     else:
         dataset = "msrvtt-1k-a"
         write_csv(annotations / "MSRVTT_JSFUSION_test.csv", ["key", "sentence"], [["ret0", "a caption"]])

@@ -74,14 +74,18 @@ def _expect(condition: bool, where: str, what: str) -> None:
         raise DatasetError(f"{where}: {what}")
 
 
-def _read_csv_rows(path: Path, columns: tuple[str, ...]):
-    """(line number, row) for each row of a comma-separated file with a header naming ``columns``."""
+def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and (line number, row) of each row of a comma-separated file whose header names ``columns``."""
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-    missing = [column for column in columns if column not in (reader.fieldnames or [])]
+    header = list(reader.fieldnames or [])
+    missing = [column for column in columns if column not in header]
     _expect(not missing, str(path), f"no column {', '.join(missing)} in its header {reader.fieldnames}")
-    for row in reader:
-        # A short row leaves its last fields None: read them as empty, for the builder to report.
-        yield reader.line_num, {key: value if isinstance(value, str) else "" for key, value in row.items()}
+    # A short row leaves its last fields None: read them as empty, for the builder to report.
+    rows = [
+        (reader.line_num, {key: value if isinstance(value, str) else "" for key, value in row.items()})
+        for row in reader
+    ]
+    return header, rows
 
 
 def read_msrvtt(files: dict[str, Path]) -> Listings:
@@ -91,8 +95,8 @@ def read_msrvtt(files: dict[str, Path]) -> Listings:
     sentences: dict[str, list[str]] | None = None
     listings: Listings = {}
     for split, path in _splits(files):
-        rows = list(_read_csv_rows(path, ("video_id",)))
-        own_sentences = rows and "sentence" in rows[0][1]
+        header, rows = _read_csv(path, ("video_id",))
+        own_sentences = "sentence" in header
         if not own_sentences and sentences is None:
             sentences = _msrvtt_sentences(files)
         listings[split] = [
