@@ -148,6 +148,12 @@ def decode(
     sampling: Annotated[
         str, typer.Option(help="uniform (MMAction2 UniformSample, test mode) or linspace (CLIP4Clip).")
     ] = "uniform",
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="pyav (decodes only what the sampled frames need) or decord (to match frames it decoded before)."
+        ),
+    ] = "pyav",
     workers: Annotated[
         int | None, typer.Option(help="Decoder processes.", show_default="one per available core")
     ] = None,
@@ -161,12 +167,12 @@ def decode(
     force: Annotated[bool, typer.Option(help="Delete what an earlier decode wrote to --out and start again.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Sample frames from every video with decord and write them to Parquet shards."""
+    """Sample frames uniformly from every video and write them to Parquet shards."""
     from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
     from pipeline.decode.distributor import default_workers
 
     options = DecodeOptions(
-        spec=FrameSpec(num_frames=frames, size=size, short_side=short_side, sampling=sampling),
+        spec=FrameSpec(num_frames=frames, size=size, short_side=short_side, sampling=sampling, decoder=decoder),
         split=split,
         shard_size=shard_size,
         workers=default_workers() if workers is None else workers,

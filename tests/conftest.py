@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
 from pipeline.manifest import write_manifest
-from pipeline.synth import SynthOptions, make_synthetic_dataset, write_video
+from pipeline.synth import SynthOptions, make_synthetic_dataset
 
-from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video, pattern_frames
+from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,11 @@ def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     (folder / "text.mp4").write_text("this is a text file, not a video\n" * 20)
     (folder / "folder.mp4").mkdir()
     make_audio_only(folder / "audio.mp4")
-    write_video(folder / "av1.mkv", pattern_frames(8, 64, 48), 30, "libsvtav1", "yuv420p", {})
+    garbled = bytearray(whole)  # the container intact, every byte of video data random
+    mdat = garbled.index(b"mdat") - 4
+    size = int.from_bytes(garbled[mdat : mdat + 4], "big")
+    garbled[mdat + 8 : mdat + size] = np.random.default_rng(0).bytes(size - 8)
+    (folder / "garbled.mp4").write_bytes(bytes(garbled))
     make_stream_without_frames(folder / "no-frames.avi")
     return {
         "missing": (folder / "missing.mp4", "missing"),
@@ -40,7 +45,7 @@ def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         "text": (folder / "text.mp4", "unreadable"),
         "folder": (folder / "folder.mp4", "unreadable"),
         "audio": (folder / "audio.mp4", "no_video"),
-        "av1": (folder / "av1.mkv", "unreadable"),  # a codec decord's FFmpeg lacks
+        "garbled": (folder / "garbled.mp4", "unreadable"),
         "no-frames": (folder / "no-frames.avi", "too_short"),
     }
 

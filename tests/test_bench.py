@@ -23,9 +23,16 @@ def test_quick_index_and_encode_parts_write_bench_json(tmp_path):
     rows = {(row["part"], row["figure"].split(" ")[0]): row for row in results["summary"]}
     # Recomputed from the raw figures (the summary rounds to 3 decimals): a mixed-up ratio fails here.
     assert rows[("index", "ranks,")]["ratio"] == pytest.approx(index["ranks_s"] / index["gemm_s"], abs=5e-4)
-    embed_row = rows[("encode", "embed")]
-    expected = encode["pipeline"]["embedding_videos_per_second"] / encode["model_alone"]["inference_videos_per_second"]
-    assert embed_row["ratio"] == pytest.approx(expected, abs=5e-4)  # rounded to 3 decimals
+    alone, measured = encode["model_alone"], encode["pipeline"]
+    # embed's ceiling: a video and its two captions, each at the model-alone rate.
+    ceiling = 1 / (1 / alone["inference_videos_per_second"] + 2 / alone["inference_captions_per_second"])
+    assert measured["embedding_captions_per_video"] == 2
+    embed_rows = [row for row in results["summary"] if row["figure"].startswith("embed")]
+    video_part = measured["embedding_video_part_videos_per_second"] / alone["inference_videos_per_second"]
+    assert [row["ratio"] for row in embed_rows] == [
+        pytest.approx(measured["embedding_videos_per_second"] / ceiling, abs=5e-4),  # rounded to 3 decimals
+        pytest.approx(video_part, abs=5e-4),
+    ]
 
     table = bench_table(results).splitlines()
     assert table[0].startswith("vidret bench (quick) on ") and f"{results['machine']['cores']} cores" in table[0]
@@ -37,3 +44,25 @@ def test_unknown_part_is_refused():
     with pytest.raises(VidretError, match=r"unknown benchmark part \['ranks'\]"):
         BenchOptions(parts=("index", "ranks"))
     assert set(SCRIPTS) == {"decode", "encode", "index"}
+
+
+def test_decode_benchmark_rows_and_the_stage_against_read_video(tmp_path, monkeypatch):
+    """The decode benchmark's measurements on two short clips, without the OpenCV baselines
+    (a bench-only dependency): every ratio is recomputed from the raw times."""
+    import decode_throughput as bench
+
+    monkeypatch.setattr(bench, "SECONDS", 2)  # 60-frame clips keep the test short
+    paths = bench.make_corpus(tmp_path / "clips", clips=2, hd_clips=0)["msrvtt-like 320x240"]
+    assert [path.name for path in paths] == ["320x240-000.mp4", "320x240-001.mp4"]
+    rows = bench.measure(paths, workers=1, repeats=1, methods=("floor", "vidret", "vidret-decord"))
+    by_method = {row["method"]: row for row in rows}
+    assert set(by_method) == {"floor", "vidret", "vidret-decord"}
+    floor = by_method["floor"]["seconds"]
+    for row in rows:
+        assert row["videos"] == 2 and row["seconds"] > 0 and row["cpu_s_per_video"] > 0
+        assert row["time_to_floor"] == pytest.approx(row["seconds"] / floor, abs=5e-3)
+
+    stage = bench.measure_stage(paths, workers=1, copies=2, rows=rows)
+    assert stage["method"] == "vidret-stage" and stage["videos"] == 4
+    read_video_per_video = by_method["vidret"]["seconds"] / 2
+    assert stage["time_to_read_video"] == pytest.approx(stage["seconds"] / 4 / read_video_per_video, rel=1e-2)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,7 @@ def test_every_video_gets_one_status_and_ok_videos_get_their_frames(corpus, tmp_
         "size": 64,
         "short_side": 73,  # MMAction2 ratio: 64 * 256 / 224 = 73.1
         "sampling": "uniform",
+        "decoder": "pyav",
         "split": "test",
         "shard_size": 4,
     }
@@ -204,6 +206,26 @@ def test_other_parameters_are_refused_unless_forced(corpus, tmp_path):
     decode_videos(manifest, out, options(spec=FrameSpec(num_frames=6, size=64), force=True), progress=False)
     assert_complete(out, expected)
     assert set(read_parts(out).column("num_frames").to_pylist()) == {6}
+
+
+def test_frames_from_before_the_decoder_option_count_as_decords(corpus, tmp_path):
+    """Markers written before --decoder existed lack it: those frames came from decord, so the new
+    default is refused as a change of parameters, and --decoder decord goes on with them."""
+    manifest, expected = corpus
+    out = tmp_path / "frames"
+    decord_spec = replace(SPEC, decoder="decord")
+    decode_videos(manifest, out, options(spec=decord_spec), progress=False)
+    for marker in (out / "_chunks").glob("*.status.parquet"):
+        table = pq.read_table(marker)
+        metadata = dict(table.schema.metadata)
+        params = json.loads(metadata[b"vidret.params"])
+        del params["decoder"]
+        metadata[b"vidret.params"] = json.dumps(params).encode()
+        pq.write_table(table.replace_schema_metadata(metadata), marker)
+    with pytest.raises(VidretError, match=r"other parameters \(decoder 'decord' -> 'pyav'\).*--force"):
+        decode_videos(manifest, out, options(), progress=False)
+    decode_videos(manifest, out, options(spec=decord_spec), progress=False)
+    assert_complete(out, expected)
 
 
 def test_a_hanging_video_is_killed_at_the_timeout_and_costs_only_itself(tmp_path):

@@ -149,7 +149,10 @@ def test_exact_accumulation_gives_the_full_batch_gradients(decoded_synthetic, tm
     assert accumulated_loss == pytest.approx(full_loss, rel=1e-6)
     assert full.keys() == accumulated.keys()
     for name in full:
-        assert torch.allclose(accumulated[name], full[name], rtol=1e-4, atol=1e-7), name
+        # float32 sums in another order: equal to a few ulps of the tensor's largest entry (an
+        # element-wise relative bound fails on entries that cancel to near zero).
+        scale = float(full[name].abs().max())
+        assert torch.allclose(accumulated[name], full[name], rtol=1e-4, atol=1e-5 * scale), name
     assert full["clip.logit_scale"].abs() > 1e-4  # the scale does get a gradient, counted once
 
 

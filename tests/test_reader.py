@@ -1,19 +1,39 @@
-"""read_video against a PyAV reference, across codecs, containers and geometries."""
+"""read_video against a PyAV reference that decodes every frame, across codecs,
+containers, geometries, keyframe layouts and both decoders."""
+
+from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from pipeline.decode.reader import FrameSpec, VideoError, read_video, resized_size
+from pipeline.decode.reader import (
+    DECODERS,
+    FrameSpec,
+    StreamIndex,
+    VideoError,
+    index_stream,
+    read_video,
+    resized_size,
+    skip_plan,
+)
 from pipeline.decode.sampling import sample_frame_indices
+from pipeline.synth import write_video
 
-from helpers import make_video
+from helpers import make_video, pattern_frames
 
-# Decoding itself is exact (both use FFmpeg's decoders); the tolerance covers
-# resampling: decord scales inside its filter graph, the reference with
-# swscale's bilinear filter. Measured over these tests' codecs, geometries and
-# sizes: mean |difference| 0.0-0.6 grey levels, PSNR 38 dB or more.
+# Decoding itself is exact (FFmpeg's decoders either way). The pyav decoder
+# resamples as the reference does, so its frames must be identical: any frame
+# decoded without a reference it needed would show. decord scales inside its
+# filter graph; measured over these tests' codecs, geometries and sizes: mean
+# |difference| 0.0-0.6 grey levels, PSNR 38 dB or more.
 MAX_MEAN_ABS_DIFF = 1.5
 MIN_PSNR_DB = 33.0
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request) -> str:
+    return request.param
 
 
 def decode_with_pyav(path):
@@ -53,6 +73,8 @@ def assert_matches_reference(path, spec):
     assert video.frame_indices == sample_frame_indices(decoded_count, spec.num_frames, spec.sampling)
     assert video.source_num_frames == decoded_count and video.note == ""
     assert within_tolerance(video.frames, reference), difference(video.frames, reference)
+    if spec.decoder == "pyav":
+        np.testing.assert_array_equal(video.frames, reference)
     # The check can fail: the neighbouring frames are outside the tolerance.
     shifted = reference_frames(decoded, [min(i + 1, decoded_count - 1) for i in video.frame_indices], spec)
     assert not within_tolerance(video.frames, shifted), difference(video.frames, shifted)
@@ -65,8 +87,8 @@ def within_tolerance(frames, reference):
 
 
 @pytest.mark.parametrize("kind", ["h264-mp4", "mpeg4-avi", "vp9-webm", "mjpeg-mkv", "hevc-mkv"])
-def test_every_codec_and_container_matches_a_pyav_reference(codec_videos, kind):
-    video = assert_matches_reference(codec_videos[kind], FrameSpec())
+def test_every_codec_and_container_matches_a_pyav_reference(codec_videos, kind, decoder):
+    video = assert_matches_reference(codec_videos[kind], FrameSpec(decoder=decoder))
     assert video.fps == pytest.approx(30.0)
     assert video.source_num_frames == 48
 
@@ -76,9 +98,9 @@ def test_every_codec_and_container_matches_a_pyav_reference(codec_videos, kind):
     [(240, 320, "h264-mp4"), (321, 241, "mpeg4-avi"), (1920, 1080, "h264-mp4"), (224, 224, "mjpeg-mkv")],
     ids=["portrait", "odd-size", "1080p", "exactly-224"],
 )
-def test_odd_geometries(tmp_path, width, height, kind):
+def test_odd_geometries(tmp_path, width, height, kind, decoder):
     path = make_video(tmp_path / f"{width}x{height}.{kind.split('-')[1]}", kind, width, height, num_frames=16)
-    assert_matches_reference(path, FrameSpec())
+    assert_matches_reference(path, FrameSpec(decoder=decoder))
 
 
 @pytest.mark.parametrize(
@@ -90,8 +112,8 @@ def test_odd_geometries(tmp_path, width, height, kind):
     ],
     ids=["small", "clip4clip-resize", "linspace-64"],
 )
-def test_frame_spec_options(codec_videos, spec):
-    assert_matches_reference(codec_videos["h264-mp4"], spec)
+def test_frame_spec_options(codec_videos, spec, decoder):
+    assert_matches_reference(codec_videos["h264-mp4"], replace(spec, decoder=decoder))
 
 
 def test_default_resize_is_mmaction2_short_side_256():
@@ -102,16 +124,16 @@ def test_default_resize_is_mmaction2_short_side_256():
     assert resized_size(241, 321, 256) == (256, 341)  # 340.98 rounds up
 
 
-@pytest.mark.parametrize("name", ["missing", "empty", "truncated", "text", "folder", "audio", "av1", "no-frames"])
-def test_bad_inputs_raise_video_error_with_status_and_path(bad_videos, name):
+@pytest.mark.parametrize("name", ["missing", "empty", "truncated", "text", "folder", "audio", "garbled", "no-frames"])
+def test_bad_inputs_raise_video_error_with_status_and_path(bad_videos, name, decoder):
     path, status = bad_videos[name]
     with pytest.raises(VideoError) as raised:
-        read_video(path, FrameSpec())
+        read_video(path, FrameSpec(decoder=decoder))
     assert raised.value.status == status
     assert str(path) in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_damaged_tail_samples_only_frames_that_decode(tmp_path):
+def test_damaged_tail_samples_only_frames_that_decode(tmp_path, decoder):
     """The container lists every frame but the end of the data is garbage:
     decoding must fall back to the frames that really decode."""
     intact = make_video(tmp_path / "intact.mp4", num_frames=90)
@@ -123,7 +145,7 @@ def test_damaged_tail_samples_only_frames_that_decode(tmp_path):
     data[cut : mdat + size] = np.random.default_rng(0).integers(0, 256, mdat + size - cut, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
 
-    video = read_video(path, FrameSpec())
+    video = read_video(path, FrameSpec(decoder=decoder))
     assert video.source_num_frames == 90
     assert "lists 90 frames but only the first" in video.note
     decodable = int(video.note.split("only the first ")[1].split()[0])
@@ -132,3 +154,51 @@ def test_damaged_tail_samples_only_frames_that_decode(tmp_path):
     # The frames kept are those of the undamaged file.
     reference = reference_frames(decode_with_pyav(intact), video.frame_indices, FrameSpec())
     assert within_tolerance(video.frames, reference), difference(video.frames, reference)
+
+
+def test_av1_decodes_with_pyav_but_not_with_decords_ffmpeg(tmp_path):
+    path = tmp_path / "av1.mkv"
+    write_video(path, pattern_frames(16, 64, 48), 30, "libsvtav1", "yuv420p", {})
+    assert_matches_reference(path, FrameSpec(num_frames=4, size=32))
+    with pytest.raises(VideoError) as raised:
+        read_video(path, FrameSpec(num_frames=4, size=32, decoder="decord"))
+    assert raised.value.status == "unreadable" and str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "codec, options",
+    [
+        ("libx264", {"x264-params": "keyint=8:bframes=3"}),
+        ("libx264", {"x264-params": "keyint=8:bframes=3:open-gop=1"}),
+        ("libx264", {"x264-params": "keyint=1"}),
+        ("libx265", {"x265-params": "keyint=8:bframes=3:log-level=error"}),
+        ("libvpx-vp9", {"g": "8", "b": "0"}),
+    ],
+    ids=["h264-closed-gop", "h264-open-gop", "h264-intra-only", "hevc", "vp9"],
+)
+@pytest.mark.parametrize("num_frames", [3, 12])
+def test_pyav_skips_unneeded_packets_and_still_matches(tmp_path, codec, options, num_frames):
+    """Short GOPs and B-frames: the skip plan drops whole GOPs between sampled frames
+    and unreferenced frames between them, and every sampled frame still decodes exactly."""
+    path = tmp_path / ("gops.webm" if codec == "libvpx-vp9" else "gops.mkv")
+    write_video(path, pattern_frames(120, 96, 64), 30, codec, "yuv420p", {"crf": "12", **options})
+    spec = FrameSpec(num_frames=num_frames, size=32)
+    video = assert_matches_reference(path, spec)
+    index = index_stream(path)[0]
+    plan = Counter(skip_plan(index, index.presentation_numbers(), set(video.frame_indices)))
+    assert plan["DEFAULT"] == num_frames
+    if "keyint=1" not in str(options):  # intra-only: every frame is a keyframe, nothing to skip
+        assert plan["NONKEY"] > 0, plan
+
+
+def test_skip_plan_follows_references_in_decode_order():
+    """Packets in decode order: keyframes at 0 and 4; the open GOP's frames 4 and 5 (pts)
+    are shown before keyframe 6 but decoded after it, so they need keyframe 0's GOP."""
+    index = StreamIndex(pts=[0, 3, 1, 2, 6, 4, 5, 9, 7, 8], keyframes=[1, 0, 0, 0, 1, 0, 0, 0, 0, 0])
+    numbers = index.presentation_numbers()
+    assert skip_plan(index, numbers, {9}) == ["NONKEY"] * 4 + ["NONREF"] * 3 + ["DEFAULT"]
+    assert skip_plan(index, numbers, {4}) == ["NONREF"] * 5 + ["DEFAULT"]  # a leading picture
+    assert skip_plan(index, numbers, {1, 7}) == ["NONREF"] * 2 + ["DEFAULT", "NONKEY"] + ["NONREF"] * 4 + ["DEFAULT"]
+    # Without usable pts there is nothing to number packets by: frames are counted as they come out.
+    assert StreamIndex(pts=[0, None], keyframes=[1, 0]).presentation_numbers() is None
+    assert StreamIndex(pts=[0, 0], keyframes=[1, 0]).presentation_numbers() is None

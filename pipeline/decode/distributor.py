@@ -151,7 +151,9 @@ def _read_markers(out_dir: Path) -> dict[int, tuple[str, dict]]:
     for path in (out_dir / CHUNKS_DIR).glob("part-*.status.parquet"):
         metadata = read_marker_metadata(path)
         if metadata is not None:
-            markers[_chunk_index(path)] = metadata
+            key, params = metadata
+            # Chunks from before the --decoder option were decoded with decord.
+            markers[_chunk_index(path)] = key, {"decoder": "decord", **params} if params else params
     return markers
 
 
@@ -283,7 +285,9 @@ def _decode_chunks(
             log_path = out_dir / LOGS_DIR / "decode-workers.log"
             pool = DecodePool(min(options.workers, to_decode), options.spec, options.timeout, log_path, reader)
         dispatched = 0
-        while writer.next_seq < len(tasks):
+
+        def dispatch() -> None:
+            nonlocal dispatched
             while dispatched < len(tasks) and dispatched < writer.next_seq + window:
                 task, problem = tasks[dispatched], problems[dispatched]
                 if problem is not None:
@@ -293,7 +297,14 @@ def _decode_chunks(
                 else:
                     break
                 dispatched += 1
-            for result in pool.collect() if pool else []:
+
+        while writer.next_seq < len(tasks):
+            dispatch()
+            results = pool.collect() if pool else []
+            # Hand the finished workers their next videos before writing these results,
+            # so that they decode while this process compresses and writes.
+            dispatch()
+            for result in results:
                 accept(result)
     except BaseException:
         writer.abort()

@@ -1,6 +1,6 @@
 """Decode worker processes with a hard per-video timeout.
 
-decord can hang inside FFmpeg while holding the GIL, and a decoder can crash
+A decoder can hang inside FFmpeg while holding the GIL (decord does), or crash
 the process on a damaged file, so no thread can be trusted with a video. Each
 video is decoded in a worker process; the pool kills a worker whose video
 passes its deadline, replaces it, and reports the video as ``timeout`` (or
@@ -115,7 +115,8 @@ class DecodePool:
         # forkserver: workers fork from a clean, single-threaded server with the
         # decoders preloaded, never from this process and its pyarrow threads.
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["pipeline.decode.reader", "decord", "av"])
+        decoders = ["av", "decord"] if spec.decoder == "decord" else ["av"]  # decord's path probes with av
+        self._context.set_forkserver_preload(["pipeline.decode.reader", *decoders])
         self._spec, self._reader, self._timeout, self._log_path = spec, reader, timeout, log_path
         self._workers: list[_Worker] = []
         try:

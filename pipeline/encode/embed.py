@@ -171,6 +171,7 @@ class EmbedSummary:
     texts: int = 0
     skipped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    video_seconds: float = 0.0  # of ``seconds``, embedding the videos (the rest: the captions)
     is_main: bool = True  # under torchrun, only rank 0 reports
     skipped_run: str | None = None  # why nothing was embedded
     rerun: str | None = None  # why earlier embeddings were replaced
@@ -260,12 +261,15 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
         total=len(video_ids), unit="video", desc="embed", disable=not (options.progress and world.is_main)
     ) as bar:
         videos = embed_videos(model, store, video_ids, world, options.batch_size, options.workers, bar.update)
+    video_seconds = time.perf_counter() - started  # embed_videos returns host arrays: the device is done
     text_video_ids, captions = caption_pairs(selection.entries)
     texts = embed_texts(model, model.tokenize(captions), world)
     seconds = time.perf_counter() - started
 
     rerun = reason if previous else None
-    summary = EmbedSummary(out, len(video_ids), len(captions), selection.skipped, seconds, world.is_main, rerun=rerun)
+    summary = EmbedSummary(
+        out, len(video_ids), len(captions), selection.skipped, seconds, video_seconds, world.is_main, rerun=rerun
+    )
     if world.is_main:
         write_parquet(out / VIDEOS_FILE, embeddings_table(VIDEOS_SCHEMA, videos, video_id=video_ids))
         write_parquet(
@@ -294,6 +298,7 @@ def embed_record(model: dict, inputs: dict, params: dict, summary: EmbedSummary,
         "counts": {"videos": summary.videos, "texts": summary.texts, "skipped": dict(summary.skipped)},
         "throughput": {
             "seconds": round(summary.seconds, 3),
+            "video_seconds": round(summary.video_seconds, 3),
             "videos_per_second": round(summary.videos / summary.seconds, 2) if summary.seconds else None,
             "device": str(world.device),
             "world_size": world.size,
