@@ -202,9 +202,15 @@ def run(method: str, path: Path) -> float:
     return time.process_time() - started
 
 
+def paired_ratio(times: list[float], floor_times: list[float]) -> float:
+    """The median over repeats of time / the floor's time in the same repeat: a slow spell on a
+    shared machine slows both sides of a pair, so it cancels."""
+    return round(float(np.median(np.array(times) / np.array(floor_times))), 3)
+
+
 def measure(paths: list[Path], workers: int, repeats: int, methods: tuple[str, ...] = tuple(METHODS)) -> list[dict]:
-    """Each method's best wall time over the corpus, with ``workers`` pinned processes. The methods take
-    turns within every repeat, so that a slow spell on a shared machine hits them all alike."""
+    """Each method's best wall time over the corpus, with ``workers`` pinned processes, and its ratios
+    to the floor. The methods take turns within every repeat."""
     cores = multiprocessing.Queue()
     for core in sorted(os.sched_getaffinity(0))[:workers]:
         cores.put(core)
@@ -227,12 +233,13 @@ def measure(paths: list[Path], workers: int, repeats: int, methods: tuple[str, .
                 "workers": workers,
                 "videos": len(paths),
                 "seconds": round(wall, 4),
+                "median_seconds": round(float(np.median(times)), 4),
                 "videos_per_s": round(len(paths) / wall, 2),
                 "videos_per_s_per_worker": round(len(paths) / wall / workers, 2),
                 "frames_per_s": round(len(paths) * SPEC.num_frames / wall, 1),
-                "time_to_floor": round(wall / min(walls["floor"]), 3),
+                "time_to_floor": paired_ratio(times, walls["floor"]),
                 "cpu_s_per_video": round(min(cpu[method]) / len(paths), 4),
-                "cpu_to_floor": round(min(cpu[method]) / min(cpu["floor"]), 3),
+                "cpu_to_floor": paired_ratio(cpu[method], cpu["floor"]),
             }
         )
     return rows
@@ -251,7 +258,10 @@ def measure_stage(paths: list[Path], workers: int, copies: int, rows: list[dict]
         write_manifest(manifest, records)
         options = DecodeOptions(spec=SPEC, workers=workers, force=True)
         summary = decode_videos(manifest, Path(scratch) / "frames", options, progress=False)
-    per_video = {row["method"]: row["seconds"] / row["videos"] for row in rows if row["workers"] == workers}
+        # The time the workers spent in read_video, from the stage's own record.
+        decoder_seconds = json.loads((Path(scratch) / "frames" / "stage.json").read_text())["decoder_seconds"]
+    # One stage run against read_video's median repeat (its best would flatter read_video).
+    per_video = {row["method"]: row["median_seconds"] / row["videos"] for row in rows if row["workers"] == workers}
     wall = summary.seconds
     videos = summary.videos
     return {
@@ -264,6 +274,9 @@ def measure_stage(paths: list[Path], workers: int, copies: int, rows: list[dict]
         "frames_per_s": round(videos * SPEC.num_frames / wall, 1),
         "time_to_floor": round(wall / videos / per_video["floor"], 3),
         "time_to_read_video": round(wall / videos / per_video["vidret"], 3),
+        # What the stage adds to its workers' decoding (start-up, transfer, Parquet, status files):
+        # a measure that does not move with the machine's speed between this run and read_video's.
+        "seconds_outside_decoders": round(wall - decoder_seconds / workers, 3),
         "cpu_s_per_video": None,  # spread over worker processes: wall time only
         "cpu_to_floor": None,
     }
@@ -320,6 +333,12 @@ def main() -> None:
                 f" {row['videos_per_s_per_worker']:>10.2f} {row['frames_per_s']:>9.1f}"
                 f" {row['time_to_floor']:>12.2f} {cpu} {row['cpu_to_floor'] or '':>11}"
             )
+        for row in rows:
+            if row["method"] == "vidret-stage":
+                print(
+                    f"vidret-stage, {row['workers']} worker(s): {row['seconds_outside_decoders']:.2f} s"
+                    f" of its {row['seconds']:.2f} s outside read_video, {row['videos']} videos"
+                )
     print(f"\nmean |difference| to vidret's frames, grey levels: {results['frame_difference_to_vidret']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

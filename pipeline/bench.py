@@ -35,7 +35,7 @@ SCRIPTS = {"decode": "decode_throughput.py", "encode": "encode_throughput.py", "
 # Each part's arguments per setting (the script's --out is added). Decode is CPU work on any machine.
 ARGUMENTS = {
     "decode": {
-        "cpu": "--clips 12 --hd-clips 1 --workers 1 2 --repeats 2",
+        "cpu": "--clips 12 --hd-clips 1 --workers 1 2 --repeats 3 --stage-copies 8",
         "quick": "--clips 2 --hd-clips 0 --workers 1 --repeats 1 --stage-copies 1",
     },
     "encode": {
@@ -126,10 +126,11 @@ def _decode_rows(raw: dict) -> list[dict]:
     for corpus, runs in raw["runs"].items():
         for run in runs:
             stage = run["method"] == "vidret-stage"  # the whole stage, against read_video alone
+            outside = f"; {run['seconds_outside_decoders']} s outside read_video" if stage else ""
             rows.append(
                 {
                     "part": "decode",
-                    "figure": f"{corpus}, {run['method']}, {run['workers']} worker(s)",
+                    "figure": f"{corpus}, {run['method']}, {run['workers']} worker(s){outside}",
                     "value": run["videos_per_s_per_worker"],
                     "unit": "videos/s per worker",
                     "ratio": run["time_to_read_video"] if stage else run["time_to_floor"],

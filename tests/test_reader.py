@@ -184,7 +184,7 @@ def test_pyav_skips_unneeded_packets_and_still_matches(tmp_path, codec, options,
     write_video(path, pattern_frames(120, 96, 64), 30, codec, "yuv420p", {"crf": "12", **options})
     spec = FrameSpec(num_frames=num_frames, size=32)
     video = assert_matches_reference(path, spec)
-    index = index_stream(path)[0]
+    index = index_stream(path)
     plan = Counter(skip_plan(index, index.presentation_numbers(), set(video.frame_indices)))
     assert plan["DEFAULT"] == num_frames
     if "keyint=1" not in str(options):  # intra-only: every frame is a keyframe, nothing to skip
@@ -202,3 +202,11 @@ def test_skip_plan_follows_references_in_decode_order():
     # Without usable pts there is nothing to number packets by: frames are counted as they come out.
     assert StreamIndex(pts=[0, None], keyframes=[1, 0]).presentation_numbers() is None
     assert StreamIndex(pts=[0, 0], keyframes=[1, 0]).presentation_numbers() is None
+
+
+def test_a_video_too_long_to_hold_is_demuxed_again(codec_videos, monkeypatch):
+    """Past KEPT_PACKET_BYTES the indexing pass keeps no packets and decoding reads the file again."""
+    import pipeline.decode.reader as reader
+
+    monkeypatch.setattr(reader, "KEPT_PACKET_BYTES", 0)
+    assert_matches_reference(codec_videos["h264-mp4"], FrameSpec())

@@ -2,13 +2,14 @@
 
 Two decoders give the same frames (within resampling differences):
 
-- ``pyav`` (the default) demuxes the stream once to number its frames, then
-  decodes only what the sampled frames need: packets before the keyframe the
-  next sampled frame depends on are skipped, and so are frames that nothing
-  refers to unless they are sampled. Only the sampled frames are converted to
-  RGB, resizing in the same swscale call. On x264 clips about half the frames
-  are never decoded, which puts it near the cost of decoding up to the last
-  sampled frame (``make bench``).
+- ``pyav`` (the default) demuxes the stream to number its frames (keeping the
+  packets in memory unless the video is long), then decodes only what the
+  sampled frames need: packets before the keyframe the next sampled frame
+  depends on are skipped, and so are frames that nothing refers to unless
+  they are sampled. Only the sampled frames are converted to RGB, resizing in
+  the same swscale call. On x264 clips about half the frames are never
+  decoded, which puts it at or under the cost of decoding every frame up to
+  the last sampled one (``make bench``).
 - ``decord`` resizes inside its FFmpeg filter graph. It is kept for runs that
   must match frames decoded with it.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,10 +145,15 @@ def _no_frame_decodes(path: Path) -> VideoError:
 # PyAV -------------------------------------------------------------------------------------
 
 
+# A video's packets up to this size are kept from the indexing pass and decoded from memory;
+# a longer video is demuxed a second time rather than held.
+KEPT_PACKET_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class StreamIndex:
-    """What one demuxing pass learns of the video stream: a pts and keyframe flag per packet
-    that carries data, in decode order."""
+    """What demuxing learns of the video stream: a pts and keyframe flag per packet that
+    carries data, in decode order."""
 
     pts: list[int | None]
     keyframes: list[bool]
@@ -186,23 +193,36 @@ def _frame_size(stream, path: Path) -> tuple[int, int]:
     return width, height
 
 
-def index_stream(path: Path) -> tuple[StreamIndex, float, tuple[int, int]]:
-    """The stream's packets, its average frame rate and its frame (width, height)."""
+def _packets(container, stream) -> Iterator:
+    """The stream's packets that carry data, in decode order, up to the end or the damage."""
     import av
 
-    pts, keyframes = [], []
-    container, stream = _open_stream(path)
+    try:
+        for packet in container.demux(stream):
+            if packet.size:
+                yield packet
+    except av.FFmpegError:
+        return  # damaged: the packets before the damage are what the file has
+
+
+def _index_packets(packets: Iterable, keep_bytes: int) -> tuple[StreamIndex, list | None]:
+    """The index of ``packets``, and the packets themselves unless they pass ``keep_bytes``."""
+    pts, keyframes, kept, kept_bytes = [], [], [], 0
+    for packet in packets:
+        pts.append(packet.pts)
+        keyframes.append(packet.is_keyframe)
+        if kept is not None:
+            kept.append(packet)
+            kept_bytes += packet.size
+            kept = kept if kept_bytes <= keep_bytes else None
+    return StreamIndex(pts, keyframes), kept
+
+
+def index_stream(path: Path | str) -> StreamIndex:
+    """The index of the video stream of ``path``."""
+    container, stream = _open_stream(Path(path))
     with container:
-        rate = stream.average_rate or stream.guessed_rate
-        size = _frame_size(stream, path)
-        try:
-            for packet in container.demux(stream):
-                if packet.size:
-                    pts.append(packet.pts)
-                    keyframes.append(packet.is_keyframe)
-        except av.FFmpegError:
-            pass  # damaged: the packets before the damage are what the file has
-    return StreamIndex(pts, keyframes), float(rate or 0.0), size
+        return _index_packets(_packets(container, stream), keep_bytes=0)[0]
 
 
 def skip_plan(index: StreamIndex, numbers: dict[int, int], wanted: set[int]) -> list[str]:
@@ -238,7 +258,9 @@ def skip_plan(index: StreamIndex, numbers: dict[int, int], wanted: set[int]) -> 
     return plan[::-1]
 
 
-def _decode_wanted(path: Path, index: StreamIndex | None, wanted: set[int], convert) -> dict[int, np.ndarray]:
+def _decode_wanted(
+    codec, packets: Iterable, index: StreamIndex | None, wanted: set[int], convert
+) -> dict[int, np.ndarray]:
     """``convert(frame)`` for each wanted frame number that decodes before the end or the first
     error. With ``index``, skip what the wanted frames do not need; without, decode every frame
     in turn."""
@@ -247,37 +269,37 @@ def _decode_wanted(path: Path, index: StreamIndex | None, wanted: set[int], conv
     numbers = index.presentation_numbers() if index else None
     plan = skip_plan(index, numbers, wanted) if numbers else None
     frames: dict[int, np.ndarray] = {}
+    decoded = 0
+
+    def keep(frame) -> None:
+        nonlocal decoded
+        number = numbers.get(frame.pts) if numbers else decoded
+        decoded += 1
+        if number in wanted and number not in frames:
+            frames[number] = convert(frame)
+
+    try:
+        for position, packet in enumerate(packets):
+            if plan:
+                if position == len(plan):
+                    break
+                codec.skip_frame = plan[position]
+            for frame in codec.decode(packet):
+                keep(frame)
+            if len(frames) == len(wanted):
+                return frames
+        for frame in codec.decode(None):  # the frames still held for reordering
+            keep(frame)
+    except av.FFmpegError:
+        pass  # damaged: the caller sees which wanted frames are missing
+    return frames
+
+
+def _decode_file(path: Path, index: StreamIndex | None, wanted: set[int], convert) -> dict[int, np.ndarray]:
+    """``_decode_wanted`` over a fresh demux of ``path``, with a fresh decoder."""
     container, stream = _open_stream(path)
     with container:
-        codec = stream.codec_context
-        decoded = 0
-
-        def keep(frame) -> None:
-            nonlocal decoded
-            number = numbers.get(frame.pts) if numbers else decoded
-            decoded += 1
-            if number in wanted and number not in frames:
-                frames[number] = convert(frame)
-
-        position = 0
-        try:
-            for packet in container.demux(stream):
-                if not packet.size:
-                    continue
-                if plan:
-                    if position == len(plan):
-                        break
-                    codec.skip_frame = plan[position]
-                position += 1
-                for frame in codec.decode(packet):
-                    keep(frame)
-                if len(frames) == len(wanted):
-                    return frames
-            for frame in codec.decode(None):  # the frames still held for reordering
-                keep(frame)
-        except av.FFmpegError:
-            pass  # damaged: the caller sees which wanted frames are missing
-    return frames
+        return _decode_wanted(stream.codec_context, _packets(container, stream), index, wanted, convert)
 
 
 def _count_decodable(path: Path) -> int:
@@ -296,18 +318,24 @@ def _count_decodable(path: Path) -> int:
 
 
 def _read_with_pyav(path: Path, spec: FrameSpec) -> DecodedVideo:
-    index, fps, (width, height) = index_stream(path)
-    claimed = len(index.pts)
-    if claimed == 0:
-        raise _no_frames(path)
-    width, height = resized_size(width, height, spec.short_side)
+    container, stream = _open_stream(path)
+    with container:
+        width, height = resized_size(*_frame_size(stream, path), spec.short_side)
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        index, kept = _index_packets(_packets(container, stream), KEPT_PACKET_BYTES)
+        claimed = len(index.pts)
+        if claimed == 0:
+            raise _no_frames(path)
 
-    def convert(frame) -> np.ndarray:
-        image = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
-        return centre_crop(image, spec.size)
+        def convert(frame) -> np.ndarray:
+            image = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+            return centre_crop(image, spec.size)
 
-    indices = sample_frame_indices(claimed, spec.num_frames, spec.sampling)
-    frames = _decode_wanted(path, index, set(indices), convert)
+        indices = sample_frame_indices(claimed, spec.num_frames, spec.sampling)
+        if kept is not None:
+            frames = _decode_wanted(stream.codec_context, kept, index, set(indices), convert)
+    if kept is None:
+        frames = _decode_file(path, index, set(indices), convert)
     note = ""
     if len(frames) < len(set(indices)):
         # Frames the container lists did not come out: a damaged stream, or pts that do not
@@ -318,7 +346,7 @@ def _read_with_pyav(path: Path, spec: FrameSpec) -> DecodedVideo:
         if decodable < claimed:
             indices = sample_frame_indices(decodable, spec.num_frames, spec.sampling)
             note = _prefix_note(claimed, decodable)
-        frames = _decode_wanted(path, None, set(indices), convert)
+        frames = _decode_file(path, None, set(indices), convert)
         if len(frames) < len(set(indices)):  # decodes differently each time: nothing to trust
             raise VideoError("unreadable", f"frames that decoded once did not decode again: {path}")
     return DecodedVideo(np.stack([frames[number] for number in indices]), indices, claimed, fps, note)
@@ -368,7 +396,7 @@ def _read_with_decord(path: Path, spec: FrameSpec) -> DecodedVideo:
     try:
         reader = _open_reader(path, width, height)
     except (decord.DECORDError, RuntimeError) as error:
-        if not index_stream(path)[0].pts:
+        if not index_stream(path).pts:
             raise _no_frames(path) from None
         raise VideoError("unreadable", f"decord cannot open it ({_decord_message(error)}): {path}") from None
     claimed = len(reader)
