@@ -49,6 +49,7 @@ from pipeline.decode import DecodeOptions, decode_videos  # noqa: E402
 from pipeline.decode.reader import FrameSpec, read_video, resized_size  # noqa: E402
 from pipeline.decode.sampling import sample_frame_indices  # noqa: E402
 from pipeline.manifest import write_manifest  # noqa: E402
+from pipeline.stage import read_stage  # noqa: E402
 from pipeline.synth import write_video  # noqa: E402
 
 SPEC = FrameSpec(num_frames=12, size=224)
@@ -259,7 +260,7 @@ def measure_stage(paths: list[Path], workers: int, copies: int, rows: list[dict]
         options = DecodeOptions(spec=SPEC, workers=workers, force=True)
         summary = decode_videos(manifest, Path(scratch) / "frames", options, progress=False)
         # The time the workers spent in read_video, from the stage's own record.
-        decoder_seconds = json.loads((Path(scratch) / "frames" / "stage.json").read_text())["decoder_seconds"]
+        decoder_seconds = read_stage(Path(scratch) / "frames")["decoder_seconds"]
     # One stage run against read_video's median repeat (its best would flatter read_video).
     per_video = {row["method"]: row["median_seconds"] / row["videos"] for row in rows if row["workers"] == workers}
     wall = summary.seconds
