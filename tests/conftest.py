@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
 from pipeline.manifest import write_manifest
 from pipeline.synth import SynthOptions, make_synthetic_dataset
 
-from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video
+from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video, scramble_mp4_data
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +31,7 @@ def bad_videos(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     (folder / "text.mp4").write_text("this is a text file, not a video\n" * 20)
     (folder / "folder.mp4").mkdir()
     make_audio_only(folder / "audio.mp4")
-    garbled = bytearray(whole)  # the container intact, every byte of video data random
-    mdat = garbled.index(b"mdat") - 4
-    size = int.from_bytes(garbled[mdat : mdat + 4], "big")
-    garbled[mdat + 8 : mdat + size] = np.random.default_rng(0).bytes(size - 8)
-    (folder / "garbled.mp4").write_bytes(bytes(garbled))
+    (folder / "garbled.mp4").write_bytes(scramble_mp4_data(whole))  # every byte of video data random
     make_stream_without_frames(folder / "no-frames.avi")
     return {
         "missing": (folder / "missing.mp4", "missing"),

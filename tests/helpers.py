@@ -51,6 +51,17 @@ def make_video(path: Path, kind: str = "h264-mp4", width: int = 320, height: int
     return path
 
 
+def scramble_mp4_data(data: bytes, start: float = 0.0) -> bytes:
+    """An MP4's bytes with its media data (the ``mdat`` payload) random from ``start`` (a fraction
+    of the payload) on: the container and its frame index stay intact."""
+    scrambled = bytearray(data)
+    mdat = scrambled.index(b"mdat") - 4
+    size = int.from_bytes(scrambled[mdat : mdat + 4], "big")
+    cut = mdat + 8 + int((size - 8) * start)
+    scrambled[cut : mdat + size] = np.random.default_rng(0).bytes(mdat + size - cut)
+    return bytes(scrambled)
+
+
 def make_audio_only(path: Path) -> Path:
     """An MP4 container holding only an AAC audio stream."""
     import av

@@ -20,7 +20,7 @@ from pipeline.decode.reader import (
 from pipeline.decode.sampling import sample_frame_indices
 from pipeline.synth import write_video
 
-from helpers import make_video, pattern_frames
+from helpers import make_video, pattern_frames, scramble_mp4_data
 
 # Decoding itself is exact (FFmpeg's decoders either way). The pyav decoder
 # resamples as the reference does, so its frames must be identical: any frame
@@ -138,12 +138,7 @@ def test_damaged_tail_samples_only_frames_that_decode(tmp_path, decoder):
     decoding must fall back to the frames that really decode."""
     intact = make_video(tmp_path / "intact.mp4", num_frames=90)
     path = tmp_path / "damaged.mp4"
-    data = bytearray(intact.read_bytes())
-    mdat = data.index(b"mdat") - 4
-    size = int.from_bytes(data[mdat : mdat + 4], "big")
-    cut = mdat + 8 + int((size - 8) * 0.6)
-    data[cut : mdat + size] = np.random.default_rng(0).integers(0, 256, mdat + size - cut, dtype=np.uint8).tobytes()
-    path.write_bytes(bytes(data))
+    path.write_bytes(scramble_mp4_data(intact.read_bytes(), start=0.6))
 
     video = read_video(path, FrameSpec(decoder=decoder))
     assert video.source_num_frames == 90
@@ -209,4 +204,7 @@ def test_a_video_too_long_to_hold_is_demuxed_again(codec_videos, monkeypatch):
     import pipeline.decode.reader as reader
 
     monkeypatch.setattr(reader, "KEPT_PACKET_BYTES", 0)
+    demuxed_again, decode_file = [], reader._decode_file
+    monkeypatch.setattr(reader, "_decode_file", lambda *args: demuxed_again.append(args) or decode_file(*args))
     assert_matches_reference(codec_videos["h264-mp4"], FrameSpec())
+    assert len(demuxed_again) == 1 and demuxed_again[0][1] is not None  # once, with the index: skipping applies
