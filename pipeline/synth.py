@@ -166,6 +166,9 @@ def render_frames(attributes: ClipAttributes, motion: ClipMotion, width: int, he
         yield frame
 
 
+DEFAULT_H264_OPTIONS = {"preset": "veryfast", "crf": "20", "x264-params": "mbtree=0"}
+
+
 def write_video(
     path: Path,
     frames: Iterable[np.ndarray],
@@ -177,7 +180,9 @@ def write_video(
 ) -> None:
     """Encode RGB frames with PyAV; the container follows the file extension.
 
-    The encoder runs single-threaded, so the same frames give the same bytes.
+    The encoder runs single-threaded and, for x264, without macroblock-tree rate control, so the
+    same frames give the same bytes: with it, the libx264 in PyAV 18's FFmpeg gave different bytes for the
+    same frames in pool workers.
     """
     import av
 
@@ -189,7 +194,7 @@ def write_video(
                 stream.height, stream.width = frame.shape[:2]
                 stream.pix_fmt = pix_fmt
                 stream.codec_context.thread_count = 1
-                stream.options = {"preset": "veryfast", "crf": "20"} if codec_options is None else codec_options
+                stream.options = DEFAULT_H264_OPTIONS if codec_options is None else codec_options
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         if stream is not None:
