@@ -11,27 +11,30 @@ VIDRET := $(BIN)/vidret
 # A public benchmark, defined in manifests/datasets/DATASET.json (`vidret manifest datasets` lists them):
 #   make manifest DATASET=msrvtt-9k ANNOTATIONS=path/to/annotations VIDEO_DIR=path/to/videos
 #   make decode encode index DATASET=msrvtt-9k
-# The definition's defaults (frames, crop, sampling, caption length, recipe, test split) and the
-# CLIP ViT-B/32 with OpenAI weights replace the CPU defaults below; any variable given on the command
-# line still wins.
+# The definition's defaults (the model and its weights, frames, crop, sampling, train views, caption
+# length, recipe, test split) replace the CPU defaults below; any variable given on the command line
+# still wins.
 ifdef DATASET
 DEFINITION := manifests/datasets/$(DATASET).json
 ifeq ($(wildcard $(DEFINITION)),)
 $(error DATASET=$(DATASET): no $(DEFINITION); `vidret manifest datasets` lists the known ones)
 endif
-dataset_default = $(shell $(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))["defaults"][sys.argv[2]] or "")' $(DEFINITION) $(1))
+dataset_default = $(shell $(PYTHON) -c 'import json, sys; v = json.load(open(sys.argv[1]))["defaults"][sys.argv[2]]; print("" if v is None else v)' $(DEFINITION) $(1))
 MANIFEST ?= manifests/$(DATASET).jsonl
 RUN ?= runs/$(DATASET)
 FRAMES ?= $(call dataset_default,frames)
 SIZE ?= $(call dataset_default,size)
-DECODE_ARGS ?= --short-side $(call dataset_default,short_side) --sampling $(call dataset_default,sampling)
-MODEL ?= ViT-B-32
-PRETRAINED ?= openai
-TRAIN_ARGS ?= --recipe $(call dataset_default,recipe) --caption-length $(call dataset_default,caption_length)
+DECODE_ARGS ?= --short-side $(call dataset_default,short_side) --sampling $(call dataset_default,sampling) \
+	--interpolation $(call dataset_default,interpolation) --train-views $(call dataset_default,train_views)
+MODEL ?= $(call dataset_default,model)
+PRETRAINED ?= $(call dataset_default,pretrained)
+# A null caption length (MMAction2's: CLIP's full 77-token context) passes no --caption-length.
+CAPTION_ARGS := $(if $(call dataset_default,caption_length),--caption-length $(call dataset_default,caption_length))
+TRAIN_ARGS ?= --recipe $(call dataset_default,recipe) $(CAPTION_ARGS)
 EMBED_SPLIT ?= $(call dataset_default,test_split)
 # A test-only benchmark (msrvtt-1k-a) has nothing to train: embed zero-shot with the pretrained model.
 CHECKPOINT ?= $(if $(call dataset_default,train_split),$(RUN)/model/best.pt)
-ZERO_SHOT_ARGS ?= --caption-length $(call dataset_default,caption_length)
+ZERO_SHOT_ARGS ?= $(CAPTION_ARGS)
 endif
 
 DATA ?= data/synthetic
@@ -42,13 +45,14 @@ RUN ?= runs/demo
 SPLIT ?= all
 FRAMES ?= 12
 # The defaults run on a CPU: the shipped vidret-tiny config takes 112x112 frames.
-# The CLIP4Clip reference: SIZE=224 MODEL=ViT-B-32 PRETRAINED=openai.
+# The CLIP4Clip reference: SIZE=224 MODEL=ViT-B-32-quickgelu PRETRAINED=openai (or DATASET=msrvtt-9k).
 SIZE ?= 112
 DECODE_ARGS ?=
 MODEL ?= vidret-tiny
 PRETRAINED ?= none
 HEAD ?= meanP
-TRAIN_ARGS ?=
+# Randomly initialised towers on a CPU: the demo's recipe (lr 1e-3, nothing frozen), not a fine-tuning one.
+TRAIN_ARGS ?= --recipe demo
 EMBED_SPLIT ?= test
 # Embed with the trained checkpoint; CHECKPOINT= (empty) embeds zero-shot with MODEL and PRETRAINED.
 CHECKPOINT ?= $(RUN)/model/best.pt
@@ -100,10 +104,10 @@ search: setup
 	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
 
 # The demo: 500 synthetic clips (100 test), 4 frames at 112x112 (a CPU budget; CLIP4Clip takes 12),
-# the tiny model with a seqTransf head trained on the CPU, then the test split embedded, indexed,
-# scored and searched.
+# the tiny model with a seqTransf head trained from scratch on the CPU (the `demo` recipe: 16 epochs
+# at batch 32, lr 1e-3, nothing frozen), then the test split embedded, indexed, scored and searched.
 DEMO_DECODE_ARGS ?= --frames 4 --size $(SIZE) --short-side $(SIZE)
-DEMO_TRAIN_ARGS ?= --head seqTransf --epochs 16 --batch-size 32 --lr 1e-3
+DEMO_TRAIN_ARGS ?= --head seqTransf --recipe demo
 demo: setup
 	$(VIDRET) synth $(DATA) --videos $(VIDEOS) --seed $(SEED)
 	$(VIDRET) manifest check $(MANIFEST)

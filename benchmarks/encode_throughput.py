@@ -138,9 +138,10 @@ def embed_ceiling(alone: dict, captions_per_video: float) -> float:
 
 def pipeline(args, frames_dir: Path, manifest: Path, device: str) -> dict:
     out = frames_dir.parent
+    # The demo recipe trains what model_alone times: AdamW on every weight, amp, CLIP4Clip's pooling.
     options = TrainOptions(
         frames_dir=frames_dir, manifest=manifest, out=out / "model", model=args.model, pretrained="none",
-        head=args.head, recipe=make_recipe("mmaction2", epochs=args.epochs, batch_size=args.batch_size),
+        head=args.head, recipe=make_recipe("demo", epochs=args.epochs, batch_size=args.batch_size),
         device=device, workers=args.workers, force=True, progress=False,
     )  # fmt: skip
     trained = train(options)

@@ -43,7 +43,7 @@ def decoded_tables(paths: list[Path]) -> list:
     tables = []
     for seq, path in enumerate(paths):
         video = read_video(path, spec)
-        tables.append(frames_table(DecodeResult(seq, path.stem, "ok", "", 0.0, video)))
+        tables.append(frames_table(DecodeResult(seq, path.stem, "ok", "", 0.0, [video])))
     return tables
 
 

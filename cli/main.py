@@ -45,6 +45,21 @@ VideoRootOption = Annotated[
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 WorkersOption = Annotated[int, typer.Option(help="Threads reading frames from Parquet, per process.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(
+        help="fp32; amp (bf16 autocast on CUDA, fp32 on the CPU); fp16 (OpenAI's half-precision CLIP).",
+        show_default=False,
+    ),
+]
+NormalizeFramesOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--normalize-frames/--no-normalize-frames",
+        help="L2-normalise each frame feature before the mean (CLIP4Clip) or not (MMAction2).",
+        show_default=False,
+    ),
+]
 
 
 def reports_errors(command):
@@ -146,8 +161,24 @@ def decode(
         ),
     ] = None,
     sampling: Annotated[
-        str, typer.Option(help="uniform (MMAction2 UniformSample, test mode) or linspace (CLIP4Clip).")
+        str,
+        typer.Option(
+            help="uniform (MMAction2 UniformSample, test mode), linspace (evenly over the whole video),"
+            " clip4clip (one frame per second, then T of them evenly: CLIP4Clip's --slice_framepos 2)"
+            " or clip4clip-head (one per second, the first T: --slice_framepos 0)."
+        ),
     ] = "uniform",
+    interpolation: Annotated[
+        str, typer.Option(help="The resize filter: bilinear (MMAction2) or bicubic (CLIP4Clip; --decoder pyav only).")
+    ] = "bilinear",
+    train_views: Annotated[
+        int,
+        typer.Option(
+            help="Store this many train-mode draws (MMAction2 UniformSample) of each train video, one row each;"
+            " 0: one test-mode row, as for val and test. Needs --sampling uniform."
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the --train-views draws.")] = 0,
     decoder: Annotated[
         str,
         typer.Option(
@@ -172,7 +203,14 @@ def decode(
     from pipeline.decode.distributor import default_workers
 
     options = DecodeOptions(
-        spec=FrameSpec(num_frames=frames, size=size, short_side=short_side, sampling=sampling, decoder=decoder),
+        spec=FrameSpec(
+            num_frames=frames,
+            size=size,
+            short_side=short_side,
+            sampling=sampling,
+            decoder=decoder,
+            interpolation=interpolation,
+        ),
         split=split,
         shard_size=shard_size,
         workers=default_workers() if workers is None else workers,
@@ -181,6 +219,8 @@ def decode(
         shard_index=shard_index,
         video_root=video_root,
         force=force,
+        train_views=train_views,
+        seed=seed,
     )
     typer.echo(decode_videos(manifest, out, options, progress=progress).line())
 
@@ -196,7 +236,8 @@ def encode_train(
     head: HeadOption = "meanP",
     caption_length: CaptionLengthOption = None,
     recipe: Annotated[
-        str, typer.Option(help="mmaction2 or clip4clip: the defaults of the options below.")
+        str,
+        typer.Option(help="mmaction2, clip4clip, demo, or a recipe .json file: the defaults of the options below."),
     ] = "mmaction2",
     epochs: Annotated[
         int | None, typer.Option(help="Passes over every (video, caption) pair of train.", show_default="recipe")
@@ -225,6 +266,14 @@ def encode_train(
     grad_clip: Annotated[
         float | None, typer.Option(help="Max gradient norm; 0 for none.", show_default="recipe")
     ] = None,
+    freeze_layers: Annotated[
+        int | None,
+        typer.Option(
+            help="Freeze CLIP's embeddings and its first N blocks per tower; -1: none.", show_default="recipe"
+        ),
+    ] = None,
+    precision: PrecisionOption = None,
+    normalize_frames: NormalizeFramesOption = None,
     accum_steps: Annotated[int, typer.Option(help="Split each batch into this many micro-batches (exact loss).")] = 1,
     seed: Annotated[int, typer.Option(help="Seeds the initialisation and the data order.")] = 0,
     deterministic: Annotated[bool, typer.Option(help="Deterministic kernels (slower on GPUs).")] = False,
@@ -253,6 +302,7 @@ def encode_train(
         recipe=make_recipe(
             recipe, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
             warmup=warmup, warmup_start=warmup_start, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,
+            freeze_layers=freeze_layers, precision=precision, normalize_frames=normalize_frames,
         ),
         recipe_name=recipe,
         accum_steps=accum_steps,
@@ -285,6 +335,8 @@ def encode_embed(
     pretrained: PretrainedOption = "openai",
     head: HeadOption = "meanP",
     caption_length: CaptionLengthOption = None,
+    precision: PrecisionOption = None,
+    normalize_frames: NormalizeFramesOption = None,
     split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = "test",
     batch_size: Annotated[int, typer.Option(help="Videos per forward pass, per process.")] = 64,
     video_root: VideoRootOption = None,
@@ -305,6 +357,8 @@ def encode_embed(
         pretrained=pretrained,
         head=head,
         caption_length=caption_length,
+        precision=precision,
+        normalize_frames=normalize_frames,
         split=split,
         video_root=video_root,
         batch_size=batch_size,

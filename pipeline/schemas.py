@@ -14,11 +14,16 @@ FRAMES_SCHEMA = pa.schema(
         ("num_frames", pa.int32()),
         ("height", pa.int32()),
         ("width", pa.int32()),
-        ("frame_indices", pa.list_(pa.int32())),  # source frame numbers that were sampled
+        ("frame_indices", pa.list_(pa.int32())),  # source frame numbers that were sampled; -1: a zero frame
         ("source_num_frames", pa.int32()),  # frames the container lists
         ("fps", pa.float64()),
     ]
 )
+
+# The same with --train-views: one row per view, a video's views 0..K-1 in consecutive rows
+# (train videos K train-mode draws, the others one test-mode row). Without the option the
+# column is left out, so that those part files stay as they were before it existed.
+FRAMES_VIEWS_SCHEMA = FRAMES_SCHEMA.insert(1, pa.field("view", pa.int32()))
 
 # RUN/frames/status.parquet: exactly one row per manifest video of the selected split.
 STATUS_SCHEMA = pa.schema(

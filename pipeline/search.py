@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.encode.distributed import World, resolve_device
 from pipeline.encode.embed import embed_texts, load_embedding_model
-from pipeline.encode.model import CLIP4Clip
+from pipeline.encode.model import CLIP4Clip, ModelSpec
 from pipeline.errors import VidretError
 from pipeline.files import sha256_file
 from pipeline.index.faiss_index import INDEX_FILE, on_search_device, read_index, search
@@ -52,7 +52,8 @@ def load_query_model(index_dir: Path) -> CLIP4Clip:
             raise VidretError(
                 f"{checkpoint} changed after the embeddings were written; embed and index again before searching"
             )
-    model, _ = load_embedding_model(record)
+    # A record written before vidret recorded a field ran with ModelSpec's default for it.
+    model, _ = load_embedding_model({**ModelSpec().to_dict(), **record})
     return model
 
 

@@ -66,3 +66,23 @@ def decoded_synthetic(tmp_path_factory) -> dict[str, Path]:
     options = DecodeOptions(spec=FrameSpec(num_frames=4, size=32), workers=1, shard_size=16)
     decode_videos(manifest, root / "frames", options, progress=False)
     return {"manifest": manifest, "frames": root / "frames", "root": root}
+
+
+@pytest.fixture(scope="session")
+def decoded_variants(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic clips of 2 to 5 seconds (6 fps) decoded two ways at vidret-micro's size: with 3 train views
+    (``views``), and with CLIP4Clip's one-frame-per-second sampling (``clip4clip``), which pads the clips
+    shorter than 4 seconds."""
+    root = tmp_path_factory.mktemp("variants")
+    summary = make_synthetic_dataset(
+        root / "data", SynthOptions(videos=30, seed=5, width=64, height=48, fps=6, min_frames=12, max_frames=30),
+        progress=False,
+    )  # fmt: skip
+    spec = FrameSpec(num_frames=4, size=32)
+    decodes = {
+        "views": DecodeOptions(spec=spec, workers=1, train_views=3, seed=1),
+        "clip4clip": DecodeOptions(spec=FrameSpec(num_frames=4, size=32, sampling="clip4clip"), workers=1),
+    }
+    for name, options in decodes.items():
+        decode_videos(summary.manifest, root / name, options, progress=False)
+    return {"manifest": summary.manifest, "views": root / "views", "clip4clip": root / "clip4clip"}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.decode.reader import DecodedVideo, FrameSpec, read_video
+from pipeline.decode.reader import TEST_MODE, DecodedVideo, FrameSpec, ViewSeeds, read_views
+from pipeline.decode.sampling import PADDING
 from pipeline.synth import write_video
 
 # (codec, pixel format, extension): the codecs and containers a decode must handle.
@@ -89,6 +90,41 @@ def make_stream_without_frames(path: Path) -> Path:
     return path
 
 
+def decode_with_pyav(path: Path) -> list:
+    """Every frame of the video, as PyAV decodes it in full."""
+    import av
+
+    with av.open(str(path)) as container:
+        return list(container.decode(video=0))
+
+
+def reference_frames(decoded: list, indices: list[int], spec: FrameSpec) -> np.ndarray:
+    """Of every frame PyAV decoded, keep `indices`, resize the short side (mmcv's rounding for
+    bilinear, torchvision's for bicubic) and centre-crop, zeros for padding: an independent path to
+    the pixels read_video should produce."""
+    frames = []
+    for index in indices:
+        if index == PADDING:
+            frames.append(np.zeros((spec.size, spec.size, 3), np.uint8))
+            continue
+        frame = decoded[index]
+        short, long = sorted((frame.width, frame.height))
+        if spec.interpolation == "bicubic":
+            new_long = int(spec.short_side * long / short)
+            width, height = (spec.short_side, new_long) if frame.width <= frame.height else (new_long, spec.short_side)
+            top, left = int(round((height - spec.size) / 2.0)), int(round((width - spec.size) / 2.0))
+        else:
+            scale = spec.short_side / short
+            width, height = int(frame.width * scale + 0.5), int(frame.height * scale + 0.5)
+            top, left = (height - spec.size) // 2, (width - spec.size) // 2
+        if spec.interpolation == "bicubic":  # an RGB image resized, as CLIP4Clip resizes
+            frame = frame.reformat(format="rgb24")
+        interpolation = spec.interpolation.upper()
+        image = frame.reformat(width=width, height=height, format="rgb24", interpolation=interpolation).to_ndarray()
+        frames.append(image[top : top + spec.size, left : left + spec.size])
+    return np.stack(frames)
+
+
 def manifest_records(videos: dict[str, str | Path], split: str = "test") -> list[dict]:
     """Manifest records for ``{video_id: path}``, one caption each (write them with
     pipeline.manifest.write_manifest)."""
@@ -98,37 +134,37 @@ def manifest_records(videos: dict[str, str | Path], split: str = "test") -> list
     ]
 
 
-def read_video_or_hang(path: Path, spec: FrameSpec) -> DecodedVideo:
-    """read_video, except that a file named *hang* never finishes: a stand-in
+def read_video_or_hang(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
+    """read_views, except that a file named *hang* never finishes: a stand-in
     for decord stuck inside FFmpeg."""
     if "hang" in Path(path).name:
         time.sleep(3600)
-    return read_video(path, spec)
+    return read_views(path, spec, views)
 
 
-def read_video_or_crash(path: Path, spec: FrameSpec) -> DecodedVideo:
-    """read_video, except that a file named *crash* kills its process the way a
+def read_video_or_crash(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
+    """read_views, except that a file named *crash* kills its process the way a
     decoder bug would."""
     if "crash" in Path(path).name:
         os.kill(os.getpid(), signal.SIGSEGV)
-    return read_video(path, spec)
+    return read_views(path, spec, views)
 
 
-def read_video_slowly(path: Path, spec: FrameSpec) -> DecodedVideo:
-    """read_video taking at least 0.1 s, so a test can kill a run midway."""
+def read_video_slowly(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
+    """read_views taking at least 0.1 s, so a test can kill a run midway."""
     time.sleep(0.1)
-    return read_video(path, spec)
+    return read_views(path, spec, views)
 
 
-def read_video_when_released(path: Path, spec: FrameSpec) -> DecodedVideo:
-    """read_video that first says it is waiting (a file ``waiting`` next to the
+def read_video_when_released(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
+    """read_views that first says it is waiting (a file ``waiting`` next to the
     video), then waits for a file ``release`` there: lets a test hold a run
     in the middle of its work."""
     folder = Path(path).parent
     (folder / "waiting").touch()
     while not (folder / "release").exists():
         time.sleep(0.01)
-    return read_video(path, spec)
+    return read_views(path, spec, views)
 
 
 # Retrieval test data, and the rank definition computed literally (tests of pipeline.metrics and the index stage).

@@ -66,6 +66,9 @@ def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path):
         ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--num-shards", 2, "--shard-index", 2),
         ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--sampling", "random"),
         ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--workers", 0),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--train-views", 2, "--sampling", "linspace"),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "frames", "--train-views", -1),
+        ("decode", tmp_path / "m.jsonl", "--out", tmp_path / "f", "--interpolation", "bicubic", "--decoder", "decord"),
     ]:
         result = vidret(*args)
         assert result.returncode == 1, (args, result.stderr)
@@ -82,9 +85,13 @@ def test_encode_train_embed_index_and_search(decoded_synthetic, tmp_path):
     data = [decoded_synthetic["frames"], "--manifest", decoded_synthetic["manifest"], "--model", "vidret-micro"]
     trained = vidret(
         "encode", "train", *data, "--out", tmp_path / "model", "--pretrained", "none", "--epochs", 1,
-        "--batch-size", 8, "--device", "cpu", "--no-progress",
+        "--batch-size", 8, "--precision", "fp16", "--eps", 1e-6, "--freeze-layers", -1, "--normalize-frames",
+        "--device", "cpu", "--no-progress",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+    params = json.loads((tmp_path / "model" / "stage.json").read_text())["params"]
+    assert (params["recipe"], params["precision"], params["freeze_layers"]) == ("mmaction2", "fp16", -1)
+    assert params["normalize_frames"] and params["optimizer"] == "adamw"
     assert trained.stdout.splitlines()[-1].startswith("train: 10 steps (1 epochs), 80 videos in ")
     assert "epoch 1/1: loss " in trained.stdout and "val t2v R@1" in trained.stdout
     embedded = vidret(

@@ -18,18 +18,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video
+from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video, sample_frame_indices
+from pipeline.decode.sampling import PADDING, train_view_seed
+from pipeline.decode.writer import marker_path, read_marker_metadata
+from pipeline.encode.reader import FrameStore
 from pipeline.errors import VidretError
-from pipeline.manifest import write_manifest
-from pipeline.schemas import FRAMES_SCHEMA
+from pipeline.files import sha256_json
+from pipeline.manifest import read_manifest, select_split, write_manifest
+from pipeline.schemas import FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA
 
 from helpers import (
     CODECS,
+    decode_with_pyav,
     make_video,
     manifest_records,
     read_video_or_crash,
     read_video_or_hang,
     read_video_when_released,
+    reference_frames,
 )
 
 TESTS = Path(__file__).parent
@@ -228,6 +234,33 @@ def test_frames_from_before_the_decoder_option_count_as_decords(corpus, tmp_path
     assert_complete(out, expected)
 
 
+def test_without_the_new_options_params_chunk_keys_and_schema_are_those_of_earlier_versions(corpus, tmp_path):
+    """Frames decoded before --interpolation, --train-views and --seed existed stay up to date."""
+    manifest, _ = corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, options(), progress=False)
+    before = {"num_frames": 4, "size": 64, "short_side": 73, "sampling": "uniform", "decoder": "pyav"}
+    before |= {"split": "test", "shard_size": 4}
+    entries = select_split(read_manifest(manifest), "test", manifest)
+    for index, start in enumerate(range(0, len(entries), 4)):
+        # The key as earlier versions computed it: the parameters and each video's path, size and mtime.
+        inputs = [[entry.video_id, str(entry.path), *file_identity(entry.path)] for entry in entries[start : start + 4]]
+        assert read_marker_metadata(marker_path(out, index)) == (sha256_json([before, inputs]), before)
+    assert json.loads((out / "stage.json").read_text())["params"] == before
+    for part in out.glob("part-*.parquet"):
+        assert pq.read_schema(part).equals(FRAMES_SCHEMA)
+    # The new options at their defaults, spelled out, find nothing to do.
+    spelled_out = options(spec=replace(SPEC, interpolation="bilinear"), train_views=0, seed=5)
+    assert decode_videos(manifest, out, spelled_out, progress=False).chunks_run == 0
+
+
+def file_identity(path: Path) -> list[int]:
+    try:
+        return [path.stat().st_size, path.stat().st_mtime_ns]
+    except FileNotFoundError:
+        return [-1, -1]
+
+
 def test_a_hanging_video_is_killed_at_the_timeout_and_costs_only_itself(tmp_path):
     for name in ["a.mp4", "hang.mp4", "b.mp4", "c.mp4"]:
         make_video(tmp_path / name, num_frames=12)
@@ -359,7 +392,179 @@ def test_bad_options_are_errors(corpus, tmp_path):
         options(timeout=0)
     with pytest.raises(VidretError, match="short side 100 is smaller than the crop size 224"):
         FrameSpec(short_side=100)
+    with pytest.raises(VidretError, match="--train-views needs --sampling uniform .*got 'linspace'"):
+        options(spec=replace(SPEC, sampling="linspace"), train_views=2)
+    with pytest.raises(VidretError, match="--train-views must be at least 0, got -1"):
+        options(train_views=-1)
+    with pytest.raises(VidretError, match="--seed must be at least 0, got -3"):
+        options(train_views=2, seed=-3)
+    with pytest.raises(VidretError, match="--interpolation bicubic needs --decoder pyav"):
+        FrameSpec(interpolation="bicubic", decoder="decord")
+    with pytest.raises(VidretError, match="unknown interpolation 'nearest'"):
+        FrameSpec(interpolation="nearest")
     with pytest.raises(VidretError, match="no such manifest file"):
         decode_videos(tmp_path / "none.jsonl", tmp_path / "frames", options(), progress=False)
     with pytest.raises(VidretError, match="no videos in split 'val'"):
         decode_videos(manifest, tmp_path / "frames", options(split="val"), progress=False)
+
+
+# -- train views and CLIP4Clip's padding ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_corpus(tmp_path_factory) -> tuple[Path, dict[str, Path], dict[str, str]]:
+    """Train, val and test videos in mixed order, one train video of 3 frames and one missing:
+    the manifest, each decodable video's path, and every video's split."""
+    folder = tmp_path_factory.mktemp("splits")
+    lengths = {"t0": 20, "s0": 30, "t1": 33, "v0": 25, "t2": 48, "s1": 40, "t3": 3}
+    paths = {vid: make_video(folder / f"{vid}.mp4", width=96, height=72, num_frames=n) for vid, n in lengths.items()}
+    splits = {vid: {"t": "train", "v": "val", "s": "test"}[vid[0]] for vid in [*lengths, "t-lost"]}
+    records = [record for vid, split in splits.items() for record in manifest_records({vid: f"{vid}.mp4"}, split)]
+    manifest = folder / "manifest.jsonl"
+    write_manifest(manifest, records)
+    return manifest, paths, splits
+
+
+def views_options(**overrides) -> DecodeOptions:
+    return options(**{"split": "all", "shard_size": 3, "train_views": 3, "seed": 7, **overrides})
+
+
+def frames_of(row: dict) -> np.ndarray:
+    return np.frombuffer(row["frames"], np.uint8).reshape(row["num_frames"], row["height"], row["width"], 3)
+
+
+def test_train_views_store_k_draws_of_each_train_video_and_one_row_of_the_others(split_corpus, tmp_path):
+    manifest, paths, splits = split_corpus
+    out = tmp_path / "frames"
+    summary = decode_videos(manifest, out, views_options(), progress=False)
+    assert summary.counts == {"ok": 7, "missing": 1}
+    table = read_parts(out)
+    assert table.schema.equals(FRAMES_VIEWS_SCHEMA)
+    # Manifest order, a video's views consecutive, one row group per row.
+    views = {vid: 3 if split == "train" else 1 for vid, split in splits.items() if vid in paths}
+    expected_rows = [(vid, view) for vid, count in views.items() for view in range(count)]
+    assert list(zip(table["video_id"].to_pylist(), table["view"].to_pylist(), strict=True)) == expected_rows
+    for part in out.glob("part-*.parquet"):
+        metadata = pq.ParquetFile(part).metadata
+        assert metadata.num_row_groups == metadata.num_rows
+    # Train views are the seeded train-mode draws, the others test mode; the frames are those of a
+    # full PyAV decode at those indices.
+    for row in table.to_pylist():
+        video_id, view = row["video_id"], row["view"]
+        rng = np.random.default_rng(train_view_seed(7, video_id, view)) if splits[video_id] == "train" else None
+        assert row["frame_indices"] == sample_frame_indices(row["source_num_frames"], 4, rng=rng)
+        reference = reference_frames(decode_with_pyav(paths[video_id]), row["frame_indices"], SPEC)
+        np.testing.assert_array_equal(frames_of(row), reference)
+    for video_id in ("t0", "t1", "t2"):
+        draws = [tuple(row["frame_indices"]) for row in table.to_pylist() if row["video_id"] == video_id]
+        test_mode = tuple(sample_frame_indices(len(decode_with_pyav(paths[video_id])), 4))
+        assert len(set(draws)) == 3 and test_mode not in draws, (video_id, draws)
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["params"]["train_views"] == 3 and stage["params"]["seed"] == 7
+
+
+def test_users_and_the_frame_store_read_the_views(split_corpus, tmp_path):
+    import duckdb
+    import pandas as pd
+
+    manifest, _, _ = split_corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, views_options(), progress=False)
+    parts = str(out / "part-*.parquet")
+    counts = dict(duckdb.sql(f"SELECT video_id, count(*) FROM '{parts}' GROUP BY video_id").fetchall())
+    assert counts == {"t0": 3, "t1": 3, "t2": 3, "t3": 3, "v0": 1, "s0": 1, "s1": 1}
+    frame = pd.read_parquet(out / "part-00000.parquet")
+    assert list(frame.columns) == FRAMES_VIEWS_SCHEMA.names
+    assert list(frame["video_id"]) == ["t0"] * 3 + ["s0"] + ["t1"] * 3 and list(frame["view"]) == [0, 1, 2, 0, 0, 1, 2]
+
+    store = FrameStore(out)
+    for row in read_parts(out).to_pylist():
+        np.testing.assert_array_equal(store.read(row["video_id"], row["view"]), frames_of(row))
+    assert store.num_views("t1") == 3 and store.num_views("s0") == 1
+    assert store.shared_num_views(["t0", "t1", "t2", "t3"]) == 3
+    with pytest.raises(VidretError, match=r"different numbers of views \(4 × 3 views, 1 × 1 views\).*--train-views"):
+        store.shared_num_views(["t0", "t1", "t2", "t3", "s0"])
+    assert {location.real_frames for views in store.locations.values() for location in views.values()} == {4}
+
+    shutil.copy(out / "part-00000.parquet", out / "part-00099.parquet")  # the same rows twice
+    with pytest.raises(VidretError, match=r"part-00099.parquet: video 't0' view 0 is also in part-00000.parquet"):
+        FrameStore(out)
+
+
+def test_the_frame_store_refuses_views_with_gaps_and_padding_before_frames(split_corpus, tmp_path):
+    """Part files written by other tools: several rows per row group are fine, these are not."""
+    manifest, _, _ = split_corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, views_options(), progress=False)
+    part = out / "part-00000.parquet"
+    table = pq.read_table(part)
+    views = table["view"].to_pylist()
+    pq.write_table(table.set_column(1, "view", pa.array([*views[:2], 5, *views[3:]], pa.int32())), part)
+    with pytest.raises(VidretError, match=r"video 't0' has views \[0, 1, 5\]; expected 0 to 2"):
+        FrameStore(out)
+    indices = table["frame_indices"].to_pylist()
+    column = table.schema.get_field_index("frame_indices")
+    padded = pa.array([[PADDING, 1, 2, 3], *indices[1:]], pa.list_(pa.int32()))
+    pq.write_table(table.set_column(column, "frame_indices", padded), part)
+    with pytest.raises(VidretError, match=r"part-00000.parquet: video 't0' has padding \(-1\) before sampled frames"):
+        FrameStore(out)
+
+
+def test_train_views_do_not_depend_on_sharding_manifest_order_or_reruns(split_corpus, tmp_path):
+    manifest, _, _ = split_corpus
+    decode_videos(manifest, tmp_path / "a", views_options(), progress=False)
+    decode_videos(manifest, tmp_path / "b", views_options(workers=1), progress=False)
+    assert part_bytes(tmp_path / "a") == part_bytes(tmp_path / "b")
+    for index in (0, 1):
+        decode_videos(manifest, tmp_path / "sharded", views_options(num_shards=2, shard_index=index), progress=False)
+    assert part_bytes(tmp_path / "sharded") == part_bytes(tmp_path / "a")
+    assert decode_videos(manifest, tmp_path / "a", views_options(), progress=False).chunks_run == 0
+
+    reversed_manifest = tmp_path / "reversed.jsonl"
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    write_manifest(reversed_manifest, [{**r, "path": str(manifest.parent / r["path"])} for r in reversed(records)])
+    decode_videos(reversed_manifest, tmp_path / "c", views_options(), progress=False)
+
+    def rows(out: Path) -> dict:
+        return {(r["video_id"], r["view"]): (r["frame_indices"], r["frames"]) for r in read_parts(out).to_pylist()}
+
+    assert rows(tmp_path / "c") == rows(tmp_path / "a")
+    decode_videos(manifest, tmp_path / "d", views_options(seed=8), progress=False)
+    other_seed, first = rows(tmp_path / "d"), rows(tmp_path / "a")
+    changed = {video_id for video_id, view in first if other_seed[video_id, view] != first[video_id, view]}
+    assert {"t0", "t1", "t2"} <= changed <= {"t0", "t1", "t2", "t3"}  # train views only
+
+
+def test_a_video_moved_into_the_train_split_is_decoded_again(split_corpus, tmp_path):
+    manifest, _, _ = split_corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, views_options(), progress=False)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    moved = tmp_path / "moved.jsonl"
+    write_manifest(
+        moved,
+        [{**r, "path": str(manifest.parent / r["path"]), "split": "train" if r["video_id"] == "s0" else r["split"]}
+         for r in records],
+    )  # fmt: skip
+    summary = decode_videos(moved, out, views_options(), progress=False)
+    assert summary.chunks_run == 1  # s0's chunk: its rows are now three draws
+    assert FrameStore(out).num_views("s0") == 3
+
+
+def test_clip4clip_padding_is_stored_as_minus_one_and_zero_frames(split_corpus, tmp_path):
+    """30 fps clips of 20 to 48 frames hold one or two one-per-second frames: the rest of the 4
+    are padding, at the end, which FrameStore counts out."""
+    manifest, paths, _ = split_corpus
+    out = tmp_path / "frames"
+    decode_videos(manifest, out, options(spec=replace(SPEC, sampling="clip4clip"), split="all"), progress=False)
+    table = read_parts(out)
+    assert table.schema.equals(FRAMES_SCHEMA)
+    store = FrameStore(out)
+    for row in table.to_pylist():
+        real = [0, 30][: len(range(0, row["source_num_frames"], 30))]
+        assert row["frame_indices"] == real + [PADDING] * (4 - len(real))
+        frames = frames_of(row)
+        assert not frames[len(real) :].any() and frames[: len(real)].any(axis=(1, 2, 3)).all()
+        reference = reference_frames(decode_with_pyav(paths[row["video_id"]]), row["frame_indices"], SPEC)
+        np.testing.assert_array_equal(frames, reference)
+        assert store.locations[row["video_id"]][0].real_frames == len(real)

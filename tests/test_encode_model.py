@@ -20,15 +20,16 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss
 
 from pipeline.encode.checkpoint import load_model, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.model import (
     HEADS,
-    MAX_LOGIT_SCALE,
     SEQ_TRANSFORMER_LAYERS,
     ModelSpec,
     autocast_for,
     create_clip4clip,
+    quick_gelu_needed,
 )
 from pipeline.errors import VidretError
 
@@ -46,6 +47,7 @@ DEEP = "vidret-test-deep-text"  # 6 text layers: seqTransf must take the first 4
 NARROW = "vidret-test-narrow-embed"  # embed_dim 16 != text width 32
 SHALLOW = "vidret-test-shallow-text"  # 2 text layers < 4
 BIDIRECTIONAL = "vidret-test-bidirectional-text"  # no causal mask, last-token pooling (SigLIP's kind)
+GELU_TWIN = "vidret-test-gelu"  # registered with a twin NAME-quickgelu, as open_clip's ViT-B-32 has
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +59,14 @@ def extra_models(tmp_path_factory) -> None:
         NARROW: {"embed_dim": 16},
         SHALLOW: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "layers": 2}},
         BIDIRECTIONAL: {"text_cfg": {**MICRO_CONFIG["text_cfg"], "no_causal_mask": True, "pool_type": "last"}},
+        GELU_TWIN: {},
+        f"{GELU_TWIN}-quickgelu": {"quick_gelu": True},
     }
     for name, change in variants.items():
         path = folder / f"{name}.json"
         path.write_text(json.dumps({**MICRO_CONFIG, **change}))
         open_clip.add_model_config(path)
-    assert {DEEP, NARROW, SHALLOW, BIDIRECTIONAL} <= set(open_clip.list_models())
+    assert set(variants) <= set(open_clip.list_models())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -107,7 +111,7 @@ def assert_one_line(error: VidretError, *needles: str) -> None:
 @pytest.mark.parametrize("head", HEADS)
 def test_head_output_shapes_and_norms(head):
     """Every head maps uint8 B×T×H×W×3 frames to B×T×D frame features and unit B×D videos; text is unit B×D;
-    forward returns (video, text, scalar logit scale <= 100)."""
+    forward returns (video, text, the scalar logit scale)."""
     model = make_model(head)
     frames = random_frames(2, 3)
     text = tokens("a cat on a mat", "a dog")
@@ -123,7 +127,7 @@ def test_head_output_shapes_and_norms(head):
     forward_video, forward_text, scale = model(frames, text)
     torch.testing.assert_close(forward_video, video)
     torch.testing.assert_close(forward_text, text_features)
-    assert scale.ndim == 0 and 0 < scale.item() <= MAX_LOGIT_SCALE
+    assert scale.ndim == 0 and scale.item() == pytest.approx(1 / 0.07, rel=1e-6)  # CLIP's initial temperature
 
 
 @pytest.mark.parametrize("name", [MODEL, DEEP])
@@ -303,22 +307,28 @@ def test_caption_length_needs_a_causal_text_tower_pooled_at_eot(extra_models):
     assert create_clip4clip(BIDIRECTIONAL, "none", "meanP").spec.caption_length is None
 
 
-def test_logit_scale_is_capped_at_100():
-    """logit_scale() never exceeds 100, even before clamping; clamp_logit_scale() brings the parameter to
-    log(100) and leaves smaller values alone."""
+def test_logit_scale_has_a_gradient_at_the_bound_and_is_clamped_after_a_step():
+    """The forward pass does not clamp the scale: at the bound (log 100 in float32, whose exp is just over 100)
+    the loss still has a gradient for it, as in CLIP4Clip. clamp_logit_scale(100) brings the parameter back to
+    log(100) after a step and leaves smaller values alone; None (MMAction2, which never clamps) leaves any."""
     model = make_model("meanP")
     with torch.no_grad():
-        model.clip.logit_scale.fill_(math.log(500))
-    assert model.logit_scale().item() == pytest.approx(MAX_LOGIT_SCALE, abs=1e-4)
-    assert model(random_frames(1, 2), tokens("x"))[2].item() <= MAX_LOGIT_SCALE + 1e-4
-    model.clamp_logit_scale()
-    assert model.clip.logit_scale.exp().item() == pytest.approx(MAX_LOGIT_SCALE, abs=1e-4)
+        model.clip.logit_scale.fill_(math.log(100))
+    videos, texts, scale = model(random_frames(3, 2), tokens("a cat", "a dog", "a horse"))
+    assert scale.item() > 100
+    ClipLoss()(videos, texts, scale).backward()
+    assert model.clip.logit_scale.grad.abs().item() > 1e-6
 
     with torch.no_grad():
+        model.clip.logit_scale.fill_(math.log(500))
+    model.clamp_logit_scale(None)
+    assert model.logit_scale().item() == pytest.approx(500, rel=1e-5)
+    model.clamp_logit_scale(100.0)
+    assert model.clip.logit_scale.item() == pytest.approx(math.log(100), abs=1e-6)
+    with torch.no_grad():
         model.clip.logit_scale.fill_(math.log(20))
-    model.clamp_logit_scale()
-    assert model.clip.logit_scale.exp().item() == pytest.approx(20, abs=1e-4)
-    assert model.logit_scale().item() == pytest.approx(20, abs=1e-4)
+    model.clamp_logit_scale(100.0)
+    assert model.logit_scale().item() == pytest.approx(20, rel=1e-5)
 
 
 def test_pretrained_file_loads_exact_clip_weights(tmp_path):
@@ -425,9 +435,13 @@ def offline_fetch(tmp_path_factory):
 
 def test_unavailable_tag_offline_says_to_pass_a_file(offline_fetch):
     """With no network and an empty cache, an open_clip tag fails fast (well under huggingface_hub's ~45 s of
-    retries) with a one-line VidretError that says to pass a local file with --pretrained."""
+    retries) with a one-line VidretError that says to pass a local file with --pretrained; first, vidret said
+    in one line that it builds OpenAI's ViT-B-32 weights' QuickGELU."""
     stdout, stderr = offline_fetch.communicate(timeout=120)
     assert offline_fetch.returncode == 0, stderr[-2000:]
+    notes = [line for line in stderr.splitlines() if "QuickGELU" in line]
+    assert notes == ["vidret: ViT-B-32's 'openai' weights were trained with QuickGELU; building ViT-B-32 with"
+                     " QuickGELU (as ViT-B-32-quickgelu)"], stderr[-2000:]  # fmt: skip
     lines = stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("VidretError: "), stdout
     message = lines[0]
@@ -485,16 +499,18 @@ def test_checkpoint_keeps_the_caption_length(tmp_path):
         assert torch.equal(loaded.eval().encode_text(text), model.encode_text(text))
 
 
-def test_checkpoint_from_before_the_caption_length_loads_with_the_full_context(tmp_path):
-    """An older checkpoint's spec has no caption_length: it loads with None and tokenises as open_clip does."""
+def test_checkpoint_of_an_earlier_vidret_loads_as_it_was_built(tmp_path):
+    """The first checkpoints' spec held only the model, head and weights: they load with what those versions
+    ran: the full context length, the activation the model name says, amp, CLIP4Clip's frame pooling."""
     model = perturbed_model("seqLSTM", "none")
     state = model_state(model)
-    old_spec = {key: value for key, value in state["spec"].items() if key != "caption_length"}
-    assert old_spec == {"model": MODEL, "head": "seqLSTM", "pretrained": "none"}
+    old_spec = {key: state["spec"][key] for key in ("model", "head", "pretrained")}
     path = tmp_path / "old.pt"
     save_checkpoint(path, {**state, "spec": old_spec})
     loaded, _ = load_model(path)
-    assert loaded.spec.caption_length is None
+    assert loaded.spec == ModelSpec(model=MODEL, head="seqLSTM", pretrained="none")
+    assert (loaded.spec.caption_length, loaded.spec.force_quick_gelu) == (None, False)
+    assert (loaded.spec.precision, loaded.spec.normalize_frames) == ("amp", True)
     assert torch.equal(loaded.tokenize([LONG]), tokens(LONG))
     assert_state_dicts_equal(loaded.state_dict(), model.state_dict())
 
@@ -555,3 +571,166 @@ def test_autocast_is_full_precision_on_cpu():
             actual = model.encode_video(frames)
     assert actual.dtype == torch.float32
     assert torch.equal(actual, expected)
+
+
+# Fidelity to the references: activations, precision, pooling, padded frames, seqTransf's norms, tokens.
+
+
+def activation_types(module: torch.nn.Module) -> set[str]:
+    """The class names of every activation module inside ``module`` (open_clip's MLPs hold one each)."""
+    return {type(m).__name__ for m in module.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+
+
+def test_openai_tags_say_quick_gelu_and_vidret_builds_it_without_downloading():
+    """open_clip's pretrained config says QuickGELU for OpenAI's (and LAION-400M's) ViT-B-32 weights and GELU
+    for the others; the -quickgelu model needs nothing forced. Built as a tag would build it (nothing is
+    downloaded: the decision is read from the pretrained config), every tower and seqTransf's copied blocks
+    run QuickGELU, and the spec records it for the checkpoint."""
+    assert quick_gelu_needed("ViT-B-32", "openai") and quick_gelu_needed("ViT-B-32", "laion400m_e32")
+    assert not quick_gelu_needed("ViT-B-32", "laion2b_s34b_b79k")
+    assert not quick_gelu_needed("ViT-B-32-quickgelu", "openai")
+    assert not quick_gelu_needed("ViT-B-32", "none")
+
+    forced = create_clip4clip("ViT-B-32", "none", "seqTransf", force_quick_gelu=quick_gelu_needed("ViT-B-32", "openai"))
+    assert forced.spec.force_quick_gelu
+    for part in (forced.clip.visual, forced.clip.transformer, forced.head):
+        assert activation_types(part) == {"QuickGELU"}, part
+    assert activation_types(create_clip4clip("ViT-B-32", "none", "meanP").clip) == {"GELU"}
+
+
+def test_reproduction_defaults_build_quick_gelu_towers():
+    """Every benchmark definition names a model that, with its weights, builds QuickGELU towers and heads."""
+    from pipeline.datasets import available_datasets, load_definition
+
+    choices = {
+        (load_definition(name).defaults["model"], load_definition(name).defaults["pretrained"])
+        for name in available_datasets()
+    }
+    assert choices == {("ViT-B-32-quickgelu", "openai")}
+    ((model, pretrained),) = choices
+    assert pretrained in open_clip.list_pretrained_tags_by_model(model)
+    built = create_clip4clip(model, "none", "seqTransf", force_quick_gelu=quick_gelu_needed(model, pretrained))
+    for part in (built.clip.visual, built.clip.transformer, built.head):
+        assert activation_types(part) == {"QuickGELU"}, part
+
+
+def test_a_local_weights_file_with_a_gelu_model_name_is_warned_about(extra_models, tmp_path, caplog):
+    """The file's weights might have been trained with QuickGELU: vidret cannot tell, so it says which model
+    name builds QuickGELU, in one line; with that name there is nothing to say."""
+    path = tmp_path / "weights.pt"
+    torch.save(open_clip.create_model(GELU_TWIN).state_dict(), path)
+    with caplog.at_level("WARNING", logger="pipeline.encode.model"):
+        create_clip4clip(GELU_TWIN, str(path))
+    (warning,) = [record.getMessage() for record in caplog.records if record.name == "pipeline.encode.model"]
+    assert "\n" not in warning and f"--model {GELU_TWIN}-quickgelu" in warning and str(path) in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.encode.model"):
+        model = create_clip4clip(f"{GELU_TWIN}-quickgelu", str(path))
+    assert not [record for record in caplog.records if record.name == "pipeline.encode.model"]
+    assert activation_types(model.clip) == {"QuickGELU"}
+
+
+def openai_half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI's convert_weights, written from its rule: the weights and biases of linear and convolution
+    layers, of attention's input projection, and the text and image projections become fp16."""
+    half = ("conv1.weight", "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight",
+            "c_fc.bias", "c_proj.weight", "c_proj.bias", "text_projection", "visual.proj")  # fmt: skip
+    return {name: tensor.half() if name.endswith(half) else tensor for name, tensor in state.items()}
+
+
+@torch.no_grad()
+def test_fp16_towers_are_openais_half_precision_clip(tmp_path):
+    """precision fp16 rounds exactly the weights OpenAI's convert_weights does (norms, embeddings and the logit
+    scale stay fp32), keeps the head in fp32, gives float32 unit features close to the fp32 model's, and
+    survives a checkpoint round trip."""
+    torch.manual_seed(0)
+    full = create_clip4clip(MODEL, "none", "seqTransf").eval()
+    weights = tmp_path / "clip.pt"
+    torch.save(full.clip.state_dict(), weights)
+    half = create_clip4clip(MODEL, str(weights), "seqTransf", precision="fp16").eval()
+    expected = openai_half_precision(full.clip.state_dict())
+    for name, tensor in half.clip.state_dict().items():
+        assert tensor.dtype == expected[name].dtype and torch.equal(tensor, expected[name]), name
+    assert {p.dtype for p in half.head.parameters()} == {torch.float32}
+
+    frames, text = random_frames(2, 3), tokens("a cat", "a dog")
+    for got, want in zip(half(frames, text), full(frames, text), strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-2)
+    path = tmp_path / "half.pt"
+    save_checkpoint(path, model_state(half))
+    loaded, _ = load_model(path)
+    assert loaded.spec.precision == "fp16"
+    assert_state_dicts_equal(loaded.state_dict(), half.state_dict())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("head", HEADS)
+def test_padded_frames_are_masked_out_of_every_head(head):
+    """A video the sampling padded (zero frames after its real ones, mask False there) gets exactly the feature
+    of its real frames alone, as CLIP4Clip's masked pooling, packed LSTM and key-masked transformer give;
+    the same frames unmasked give another."""
+    model = make_model(head)
+    frames = random_frames(2, 5, seed=3)
+    padded = frames.clone()
+    padded[0, 3:] = 0  # video 0 has 3 real frames, video 1 all 5
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    features = model.encode_video(padded, mask)
+    torch.testing.assert_close(features[0], model.encode_video(frames[:1, :3])[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(features[1], model.encode_video(frames[1:])[0], rtol=1e-5, atol=1e-6)
+    assert (model.encode_video(padded)[0] - features[0]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_frame_pooling_follows_clip4clip_or_mmaction2():
+    """normalize_frames (CLIP4Clip's meanP): L2-normalise each frame feature, average, normalise; without it
+    (MMAction2's SimpleMeanAdapter, then its normalisation): average the raw features, normalise."""
+    torch.manual_seed(0)
+    clip4clip = create_clip4clip(MODEL, "none", "meanP").eval()
+    torch.manual_seed(0)
+    mmaction2 = create_clip4clip(MODEL, "none", "meanP", normalize_frames=False).eval()
+    frames = random_frames(2, 4)
+    features = clip4clip.encode_frames(frames)
+    normalized_mean = F.normalize(F.normalize(features, dim=-1).mean(1), dim=-1)
+    torch.testing.assert_close(clip4clip.encode_video(frames), normalized_mean)
+    torch.testing.assert_close(mmaction2.encode_video(frames), F.normalize(features.mean(1), dim=-1))
+    assert (clip4clip.encode_video(frames) - mmaction2.encode_video(frames)).abs().max() > 1e-4
+
+
+def test_seq_transformer_norms_use_clip4clips_epsilon():
+    """seqTransf's copied blocks normalise with CLIP4Clip's TF-style epsilon (1e-12); the text tower keeps
+    CLIP's 1e-5."""
+    model = make_model("seqTransf")
+    head_norms = [m for m in model.head.modules() if isinstance(m, torch.nn.LayerNorm)]
+    text_norms = [m for m in model.clip.transformer.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(head_norms) == 2 * SEQ_TRANSFORMER_LAYERS and {m.eps for m in head_norms} == {1e-12}
+    assert {m.eps for m in text_norms} == {1e-5}
+
+
+def clip4clip_tokens(caption: str, max_words: int, encode) -> list[int]:
+    """CLIP4Clip's dataloader, written from its rule: SOT, the caption's BPE tokens cut to max_words - 2, EOT,
+    zero-padded to max_words."""
+    ids = [49406, *encode(caption)[: max_words - 2], EOT]
+    return ids + [0] * (max_words - len(ids))
+
+
+def test_captions_tokenise_as_clip4clip_does_and_special_strings_are_documented():
+    """On all 1,000 real MSR-VTT 1k-A captions, vidret's tokens at caption length 32 are CLIP4Clip's: the same
+    BPE vocabulary and ids, the same cut. The references' special-token strings differ (CLIP4Clip's
+    ``<|endoftext|>``, open_clip's ``<end_of_text>``); no caption holds either, and vidret keeps open_clip's
+    tokenizer, which reads its own string as EOT and CLIP4Clip's as text (README, recipe differences)."""
+    import csv
+
+    with open(PROJECT / "tests/data/msrvtt/MSRVTT_JSFUSION_test.csv", newline="") as handle:
+        captions = [row["sentence"] for row in csv.DictReader(handle)]
+    assert len(captions) == 1000
+    assert not any(special in caption for caption in captions for special in ("<|", "<end_of_text>", "<start_of_text>"))
+    torch.manual_seed(0)
+    model = create_clip4clip("ViT-B-32-quickgelu", "none", "meanP", 32)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32-quickgelu")
+    ours = model.tokenize(captions)
+    assert not ours[:, 32:].any()
+    assert ours[:, :32].tolist() == [clip4clip_tokens(caption, 32, tokenizer.encode) for caption in captions]
+
+    assert tokenizer("a <end_of_text> b")[0, :4].tolist() == [49406, 320, EOT, 321]
+    assert tokenizer("a <|endoftext|> b")[0].tolist().index(EOT) > 4  # several BPE tokens, then the real EOT

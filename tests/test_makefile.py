@@ -23,25 +23,28 @@ def test_dataset_defaults_reach_every_stage():
     decode, train, embed, index = planned_commands("decode", "encode", "index", "DATASET=msvd")
     assert decode.endswith(
         "vidret decode manifests/msvd.jsonl --out runs/msvd/frames --split all --frames 12 --size 224"
-        " --short-side 224 --sampling linspace"
+        " --short-side 224 --sampling clip4clip --interpolation bicubic --train-views 0"
     )
     assert train.endswith(
         "vidret encode train runs/msvd/frames --manifest manifests/msvd.jsonl --out runs/msvd/model"
-        " --model ViT-B-32 --pretrained openai --head meanP --recipe clip4clip --caption-length 32"
+        " --model ViT-B-32-quickgelu --pretrained openai --head meanP --recipe clip4clip --caption-length 32"
     )
     assert "--checkpoint runs/msvd/model/best.pt --out runs/msvd/embeddings --split test" in embed
     assert index.endswith("vidret index runs/msvd/embeddings --out runs/msvd/index")
 
     (decode,) = planned_commands("decode", "DATASET=activitynet", "FRAMES=32")  # the command line wins
     assert "--frames 32 --size 224" in decode
-    (train,) = [command for command in planned_commands("encode", "DATASET=msrvtt-9k") if "encode train" in command]
-    assert train.endswith("--recipe mmaction2 --caption-length 32")
+    decode, train, _ = planned_commands("decode", "encode", "DATASET=msrvtt-9k")
+    assert decode.endswith("--sampling uniform --interpolation bilinear --train-views 5")
+    assert train.endswith("--recipe mmaction2")  # MMAction2 tokenises to CLIP's full context
 
 
 def test_a_test_only_dataset_embeds_zero_shot():
     (embed,) = planned_commands("embed", "DATASET=msrvtt-1k-a")
-    assert "--manifest manifests/msrvtt-1k-a.jsonl --model ViT-B-32 --pretrained openai --head meanP" in embed
-    assert "--caption-length 32" in embed and "--checkpoint" not in embed
+    assert "--manifest manifests/msrvtt-1k-a.jsonl --model ViT-B-32-quickgelu --pretrained openai --head meanP" in embed
+    assert "--caption-length" not in embed and "--checkpoint" not in embed
+    (embed,) = planned_commands("embed", "DATASET=lsmdc", "CHECKPOINT=")
+    assert "--model ViT-B-32-quickgelu --pretrained openai --head meanP --caption-length 32" in embed
 
 
 def test_manifest_target_and_unknown_dataset():

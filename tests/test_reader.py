@@ -3,6 +3,7 @@ containers, geometries, keyframe layouts and both decoders."""
 
 from collections import Counter
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,15 +13,16 @@ from pipeline.decode.reader import (
     FrameSpec,
     StreamIndex,
     VideoError,
+    crop_offsets,
     index_stream,
     read_video,
     resized_size,
     skip_plan,
 )
-from pipeline.decode.sampling import sample_frame_indices
+from pipeline.decode.sampling import PADDING, sample_frame_indices
 from pipeline.synth import write_video
 
-from helpers import make_video, pattern_frames, scramble_mp4_data
+from helpers import decode_with_pyav, make_video, pattern_frames, reference_frames, scramble_mp4_data
 
 # Decoding itself is exact (FFmpeg's decoders either way). The pyav decoder
 # resamples as the reference does, so its frames must be identical: any frame
@@ -36,28 +38,6 @@ def decoder(request) -> str:
     return request.param
 
 
-def decode_with_pyav(path):
-    import av
-
-    with av.open(str(path)) as container:
-        return list(container.decode(video=0))
-
-
-def reference_frames(decoded, indices, spec):
-    """Of every frame PyAV decoded, keep `indices`, resize the short side
-    (bilinear, mmcv's rounding) and centre-crop: an independent path to the
-    pixels read_video should produce."""
-    frames = []
-    for index in indices:
-        frame = decoded[index]
-        scale = spec.short_side / min(frame.width, frame.height)
-        width, height = int(frame.width * scale + 0.5), int(frame.height * scale + 0.5)
-        image = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
-        top, left = (height - spec.size) // 2, (width - spec.size) // 2
-        frames.append(image[top : top + spec.size, left : left + spec.size])
-    return np.stack(frames)
-
-
 def difference(a, b):
     error = np.abs(a.astype(np.float64) - b.astype(np.float64))
     psnr = 10 * np.log10(255**2 / max(np.mean(error**2), 1e-12))
@@ -70,13 +50,14 @@ def assert_matches_reference(path, spec):
     decoded_count = len(decoded)
     reference = reference_frames(decoded, video.frame_indices, spec)
     assert video.frames.shape == (spec.num_frames, spec.size, spec.size, 3) and video.frames.dtype == np.uint8
-    assert video.frame_indices == sample_frame_indices(decoded_count, spec.num_frames, spec.sampling)
+    assert video.frame_indices == sample_frame_indices(decoded_count, spec.num_frames, spec.sampling, fps=video.fps)
     assert video.source_num_frames == decoded_count and video.note == ""
     assert within_tolerance(video.frames, reference), difference(video.frames, reference)
     if spec.decoder == "pyav":
         np.testing.assert_array_equal(video.frames, reference)
     # The check can fail: the neighbouring frames are outside the tolerance.
-    shifted = reference_frames(decoded, [min(i + 1, decoded_count - 1) for i in video.frame_indices], spec)
+    neighbours = [i if i == PADDING else min(i + 1, decoded_count - 1) for i in video.frame_indices]
+    shifted = reference_frames(decoded, neighbours, spec)
     assert not within_tolerance(video.frames, shifted), difference(video.frames, shifted)
     return video
 
@@ -109,11 +90,58 @@ def test_odd_geometries(tmp_path, width, height, kind, decoder):
         FrameSpec(num_frames=8, size=112),  # MMAction2's ratio: short side 128
         FrameSpec(short_side=224),  # CLIP4Clip's resize
         FrameSpec(num_frames=64, sampling="linspace"),  # more frames than the video has
+        FrameSpec(num_frames=2, sampling="clip4clip-head"),  # frames 0 and 30 of 48 at 30 fps
+        FrameSpec(sampling="clip4clip"),  # 2 seconds of 12: frames 0 and 30, then 10 zero frames
     ],
-    ids=["small", "clip4clip-resize", "linspace-64"],
+    ids=["small", "clip4clip-resize", "linspace-64", "clip4clip-head", "clip4clip-padded"],
 )
 def test_frame_spec_options(codec_videos, spec, decoder):
     assert_matches_reference(codec_videos["h264-mp4"], replace(spec, decoder=decoder))
+
+
+def test_clip4clip_sampling_pads_a_short_ntsc_video_with_zero_frames(tmp_path):
+    """29.97 fps: one frame every int(29.97) = 29; 100 frames hold 4 such seconds, so 6 frames
+    are 4 real ones and 2 of padding."""
+    path = tmp_path / "ntsc.mp4"
+    write_video(path, pattern_frames(100, 160, 120), Fraction(30000, 1001))
+    video = assert_matches_reference(path, FrameSpec(num_frames=6, size=64, sampling="clip4clip"))
+    assert video.fps == pytest.approx(29.97, abs=0.01)
+    assert video.frame_indices == [0, 29, 58, 87, PADDING, PADDING]
+    assert not video.frames[4:].any() and video.frames[:4].any(axis=(1, 2, 3)).all()
+
+
+@pytest.mark.parametrize(
+    "width, height, kind",
+    [(320, 240, "h264-mp4"), (321, 240, "mpeg4-avi"), (240, 321, "mpeg4-avi"), (1920, 1080, "h264-mp4")],
+    ids=["4:3", "odd", "portrait", "1080p"],
+)
+def test_bicubic_resizes_and_crops_as_torchvision(tmp_path, width, height, kind):
+    """Against the same frames resized by a full PyAV decode with swscale's bicubic filter, with
+    torchvision's geometry: 321 x 240 -> int(299.6) = 299 x 224 (mmcv: 300), crop offset
+    round(37.5) = 38 (mmcv: 37)."""
+    path = make_video(tmp_path / f"{width}x{height}.{kind.split('-')[1]}", kind, width, height, num_frames=16)
+    assert_matches_reference(path, FrameSpec(num_frames=4, short_side=224, interpolation="bicubic"))
+    assert resized_size(321, 240, 224, "bicubic") == (299, 224) and resized_size(321, 240, 224) == (300, 224)
+    assert crop_offsets(224, 299, 224, "bicubic") == (0, 38) and crop_offsets(224, 299, 224) == (0, 37)
+
+
+def test_bicubic_is_close_to_clip4clips_pil_pipeline(codec_videos):
+    """CLIP4Clip resizes RGB frames with PIL's bicubic filter (torchvision Resize and CenterCrop);
+    swscale's bicubic is close to it, not identical: 0.01-0.4 grey levels on average. (Pillow comes with
+    torchvision, which open_clip needs.)"""
+    from PIL import Image
+    from torchvision import transforms
+
+    clip4clip = transforms.Compose(
+        [transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224)]
+    )
+    path = codec_videos["h264-mp4"]
+    video = read_video(path, FrameSpec(short_side=224, interpolation="bicubic"))
+    decoded = decode_with_pyav(path)
+    rgb = [decoded[index].to_ndarray(format="rgb24") for index in video.frame_indices]
+    reference = np.stack([np.asarray(clip4clip(Image.fromarray(image))) for image in rgb])
+    mean_abs, _ = difference(video.frames, reference)
+    assert 0 < mean_abs < 0.5
 
 
 def test_default_resize_is_mmaction2_short_side_256():

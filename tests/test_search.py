@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import numpy as np
@@ -50,6 +51,21 @@ def test_search_equals_brute_force_over_the_run_embeddings(zero_shot_run, decode
         assert [hit.path for hit in query_hits] == [path_of[hit.video_id] for hit in query_hits]
     # The index folder itself works as well as the run folder.
     assert search_videos(zero_shot_run / "index", queries[:1], k=4, device="cpu") == hits[:1]
+
+
+def test_an_index_written_before_the_precision_pooling_and_activation_were_recorded_still_searches(
+    zero_shot_run, tmp_path
+):
+    """An earlier vidret recorded no precision, frame pooling or forced activation for a zero-shot model:
+    search rebuilds it with what that version ran (ModelSpec's defaults), so the results are unchanged."""
+    run = tmp_path / "old"
+    shutil.copytree(zero_shot_run, run)
+    stage = json.loads((run / "index" / "stage.json").read_text())
+    for key in ("precision", "normalize_frames", "force_quick_gelu"):
+        del stage["model"][key]
+    (run / "index" / "stage.json").write_text(json.dumps(stage))
+    query = ["a small red circle moves left"]
+    assert search_videos(run, query, k=3, device="cpu") == search_videos(zero_shot_run, query, k=3, device="cpu")
 
 
 def test_search_cuts_queries_to_the_runs_caption_length(decoded_synthetic, tmp_path):

@@ -3,7 +3,8 @@
 A definition names the annotation files of each layout the benchmark is
 distributed in (``layouts``: the first whose files are all present is used),
 how a missing video's file would be named, and the defaults that reproduce
-the published recipe (frames, caption length, which splits exist).
+the published recipe (the model and its weights, frames and how they are sampled,
+caption length, the training recipe, which splits exist).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from pathlib import Path
 from pipeline.datasets.formats import READERS, SPLIT_ROLES, DatasetError
 
 DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "manifests" / "datasets"
-DEFAULT_KEYS = tuple("frames size short_side sampling caption_length recipe train_split val_split test_split".split())
+DEFAULT_KEYS = tuple(
+    "model pretrained frames size short_side sampling interpolation train_views caption_length recipe"
+    " train_split val_split test_split".split()
+)
 
 
 @dataclass(frozen=True)

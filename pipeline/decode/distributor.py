@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.decode.reader import FrameSpec, check_video_file, read_video, stat_or_none
+from pipeline.decode.reader import TEST_MODE, FrameSpec, ViewSeeds, check_video_file, read_views, stat_or_none
+from pipeline.decode.sampling import train_view_seed
 from pipeline.decode.worker import DecodePool, DecodeResult, DecodeTask, Reader
 from pipeline.decode.writer import (
     CHUNKS_DIR,
@@ -39,7 +40,7 @@ from pipeline.decode.writer import (
 from pipeline.errors import VidretError
 from pipeline.files import remove_temporaries, sha256_file, sha256_json
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
-from pipeline.schemas import DECODE_STATUSES
+from pipeline.schemas import DECODE_STATUSES, FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA
 from pipeline.stage import describe_changes, library_versions, read_stage, remove_stage, write_stage
 
 # Decoded videos that may wait in memory for a slower one ahead of them
@@ -62,6 +63,8 @@ class DecodeOptions:
     shard_index: int = 0
     video_root: Path | None = None
     force: bool = False
+    train_views: int = 0  # train-mode draws per train video (0: one test-mode row, as val and test)
+    seed: int = 0  # of the train-mode draws
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -75,10 +78,34 @@ class DecodeOptions:
                 f"--shard-index must be in [0, {self.num_shards}) with --num-shards {self.num_shards},"
                 f" got {self.shard_index}"
             )
+        if self.train_views < 0:
+            raise VidretError(f"--train-views must be at least 0, got {self.train_views}")
+        if self.train_views and self.spec.sampling != "uniform":
+            raise VidretError(
+                f"--train-views needs --sampling uniform (MMAction2's train mode), got {self.spec.sampling!r},"
+                " which has no train mode"
+            )
+        if self.seed < 0:
+            raise VidretError(f"--seed must be at least 0, got {self.seed}")
 
     def output_params(self) -> dict:
-        """The options that determine the output: a change means different frames."""
-        return {**self.spec.to_dict(), "split": self.split, "shard_size": self.shard_size}
+        """The options that determine the output: a change means different frames.
+
+        Options added since the first frames were decoded are recorded only away from their
+        defaults, which those frames were decoded with, so that their chunk keys still match.
+        """
+        params = {**self.spec.to_dict(), "split": self.split, "shard_size": self.shard_size}
+        if params["interpolation"] == "bilinear":
+            del params["interpolation"]
+        if self.train_views:
+            params.update(train_views=self.train_views, seed=self.seed)
+        return params
+
+    def views(self, entry: ManifestEntry) -> ViewSeeds:
+        """What decode writes of a video: its train-mode draws, or one test-mode row."""
+        if self.train_views and entry.split == "train":
+            return tuple(train_view_seed(self.seed, entry.video_id, view) for view in range(self.train_views))
+        return TEST_MODE
 
 
 @dataclass
@@ -136,9 +163,16 @@ def plan_chunks(
     chunks = []
     for index, start in enumerate(range(0, len(entries), shard_size)):
         members = tuple(entries[start : start + shard_size])
-        inputs = [[entry.video_id, str(entry.path), *_file_identity(stats[entry.video_id])] for entry in members]
+        inputs = [_video_identity(entry, stats[entry.video_id], params) for entry in members]
         chunks.append(Chunk(index, members, sha256_json([params, inputs])))
     return chunks
+
+
+def _video_identity(entry: ManifestEntry, file_stat: os.stat_result | None, params: dict) -> list:
+    identity = [entry.video_id, str(entry.path), *_file_identity(file_stat)]
+    if "train_views" in params:  # a video's split then decides its rows
+        identity.append(entry.split)
+    return identity
 
 
 def _file_identity(file_stat: os.stat_result | None) -> tuple[int, int]:
@@ -152,7 +186,9 @@ def _read_markers(out_dir: Path) -> dict[int, tuple[str, dict]]:
         metadata = read_marker_metadata(path)
         if metadata is not None:
             key, params = metadata
-            # Chunks from before the --decoder option were decoded with decord.
+            # Chunks from before the --decoder option were decoded with decord, not today's
+            # default, so it is filled in. Options added since are recorded only away from their
+            # defaults (DecodeOptions.output_params): nothing to fill in for them.
             markers[_chunk_index(path)] = key, {"decoder": "decord", **params} if params else params
     return markers
 
@@ -193,13 +229,13 @@ def decode_videos(
     manifest: Path | str,
     out_dir: Path | str,
     options: DecodeOptions | None = None,
-    reader: Reader = read_video,
+    reader: Reader = read_views,
     progress: bool = True,
 ) -> DecodeSummary:
     """Decode the videos of ``manifest`` into Parquet frame shards under ``out_dir``.
 
-    ``reader`` turns (path, FrameSpec) into a DecodedVideo; it runs in the
-    worker processes, so it must be a module-level function.
+    ``reader`` turns (path, FrameSpec, view seeds) into one DecodedVideo per
+    view; it runs in the worker processes, so it must be a module-level function.
     """
     options = options or DecodeOptions()
     manifest, out_dir = Path(manifest), Path(out_dir)
@@ -254,26 +290,25 @@ def _decode_chunks(
     reader: Reader,
     progress: bool,
 ) -> tuple[Counter, int, float]:
-    tasks = [
-        DecodeTask(seq, entry.video_id, entry.path) for seq, entry in enumerate(e for c in chunks for e in c.entries)
-    ]
+    entries = [entry for chunk in chunks for entry in chunk.entries]
+    tasks = [DecodeTask(seq, entry.video_id, entry.path, options.views(entry)) for seq, entry in enumerate(entries)]
     # Failures that stat alone reveals (missing, empty) need no worker.
     problems = [check_video_file(task.path, stats[task.video_id]) for task in tasks]
     to_decode = sum(problem is None for problem in problems)
-    window = max(4 * options.workers, REORDER_BUDGET_BYTES // options.spec.frame_bytes)
+    video_bytes = options.spec.frame_bytes * max(options.train_views, 1)
+    window = max(4 * options.workers, REORDER_BUDGET_BYTES // video_bytes)
     for chunk in chunks:
         remove_temporaries(part_path(out_dir, chunk.index))
         remove_temporaries(marker_path(out_dir, chunk.index))
     (out_dir / LOGS_DIR).mkdir(exist_ok=True)
-    writer = ChunkWriter(out_dir, chunks, params)
+    writer = ChunkWriter(out_dir, chunks, params, FRAMES_VIEWS_SCHEMA if options.train_views else FRAMES_SCHEMA)
     counts, frames = Counter(), 0
     bar = tqdm(total=len(tasks), unit="video", desc="decode", disable=not progress, dynamic_ncols=True)
 
     def accept(result: DecodeResult) -> None:
         nonlocal frames
         counts[result.status] += 1
-        if result.video is not None:
-            frames += len(result.video.frame_indices)
+        frames += sum(len(video.frame_indices) for video in result.views)
         writer.add(result)
         bar.update(1)
         bar.set_postfix_str(f"ok {counts['ok']}, failed {bar.n - counts['ok']}", refresh=False)

@@ -13,8 +13,11 @@ Two decoders give the same frames (within resampling differences):
 - ``decord`` resizes inside its FFmpeg filter graph. It is kept for runs that
   must match frames decoded with it.
 
-The crop follows MMAction2's ``CenterCrop``: offsets ``(W - size) // 2`` and
-``(H - size) // 2``.
+The resize and crop follow MMAction2 (mmcv's ``Resize`` rounding and
+``CenterCrop`` offsets ``(W - size) // 2``, ``(H - size) // 2``) with the
+default bilinear filter, and CLIP4Clip (torchvision's ``Resize``, which
+truncates the long side, and ``CenterCrop``, which rounds its offsets) with
+bicubic, CLIP4Clip's filter.
 
 decord and av are imported where they are used: the planning process never
 decodes, and a rerun with nothing to do should not pay for loading them.
@@ -31,10 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.decode.sampling import SAMPLINGS, sample_frame_indices
+from pipeline.decode.sampling import PADDING, SAMPLINGS, sample_frame_indices
 from pipeline.errors import VidretError
 
 DECODERS = ("pyav", "decord")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+# A video's views: for each, the seed of a train-mode draw, or None for test mode.
+ViewSeeds = tuple[np.random.SeedSequence | None, ...]
+TEST_MODE: ViewSeeds = (None,)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class FrameSpec:
     short_side: int | None = None
     sampling: str = "uniform"
     decoder: str = "pyav"
+    # The resize filter; bicubic also brings torchvision's rounding (see resized_size, crop_offsets).
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -62,6 +72,12 @@ class FrameSpec:
             raise VidretError(f"unknown sampling {self.sampling!r} (expected one of {', '.join(SAMPLINGS)})")
         if self.decoder not in DECODERS:
             raise VidretError(f"unknown decoder {self.decoder!r} (expected one of {', '.join(DECODERS)})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise VidretError(
+                f"unknown interpolation {self.interpolation!r} (expected one of {', '.join(INTERPOLATIONS)})"
+            )
+        if self.interpolation == "bicubic" and self.decoder == "decord":
+            raise VidretError("--interpolation bicubic needs --decoder pyav: decord resizes with its own filter only")
 
     @property
     def frame_bytes(self) -> int:
@@ -74,7 +90,7 @@ class FrameSpec:
 @dataclass
 class DecodedVideo:
     frames: np.ndarray  # num_frames x size x size x 3, uint8, RGB
-    frame_indices: list[int]
+    frame_indices: list[int]  # PADDING (-1) for a zero frame
     source_num_frames: int
     fps: float
     note: str = ""  # why the result differs from what the container promised, if it does
@@ -106,28 +122,79 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return None
 
 
-def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the short side scaled to ``short_side``, rounded as mmcv does."""
+def resized_size(width: int, height: int, short_side: int, interpolation: str = "bilinear") -> tuple[int, int]:
+    """(width, height) with the short side scaled to ``short_side``: rounded as mmcv does for
+    bilinear; for bicubic, the long side truncated as torchvision's ``Resize`` does (CLIP4Clip)."""
+    if interpolation == "bicubic":
+        short, long = sorted((width, height))
+        resized_long = int(short_side * long / short)
+        return (short_side, resized_long) if width <= height else (resized_long, short_side)
     scale = short_side / min(width, height)
     return int(width * scale + 0.5), int(height * scale + 0.5)
 
 
+def crop_offsets(height: int, width: int, size: int, interpolation: str = "bilinear") -> tuple[int, int]:
+    """(top, left) of the centre crop: floored as mmcv does for bilinear, rounded (half to even)
+    as torchvision's ``CenterCrop`` does for bicubic (CLIP4Clip)."""
+    if interpolation == "bicubic":
+        return round((height - size) / 2), round((width - size) / 2)
+    return (height - size) // 2, (width - size) // 2
+
+
+def centre_crop(images: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """The centre ``size`` x ``size`` of images (..., H, W, C), as a view."""
+    top, left = crop_offsets(*images.shape[-3:-1], size, interpolation)
+    return images[..., top : top + size, left : left + size, :]
+
+
 def read_video(path: Path | str, spec: FrameSpec) -> DecodedVideo:
     """Decode ``spec.num_frames`` sampled frames of ``path`` with ``spec.decoder``; raise VideoError."""
+    return read_views(path, spec)[0]
+
+
+def read_views(path: Path | str, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
+    """One DecodedVideo per view of ``path``, decoding every frame they sample in one pass;
+    raise VideoError."""
     path = Path(path)
     problem = check_video_file(path, stat_or_none(path))
     if problem:
         raise problem
     if spec.decoder == "decord":
-        return _read_with_decord(path, spec)
-    return _read_with_pyav(path, spec)
+        return _read_with_decord(path, spec, views)
+    return _read_with_pyav(path, spec, views)
 
 
-def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
-    """The centre ``size`` x ``size`` of images (..., H, W, C), as a view."""
-    height, width = images.shape[-3:-1]
-    top, left = (height - size) // 2, (width - size) // 2
-    return images[..., top : top + size, left : left + size, :]
+def _sample_views(source_num_frames: int, fps: float, spec: FrameSpec, views: ViewSeeds) -> list[list[int]]:
+    """Each view's frame indices. A train-mode view gets a fresh generator from its seed, so that
+    sampling again over fewer frames (a damaged tail) draws as a first sampling would."""
+    return [
+        sample_frame_indices(
+            source_num_frames,
+            spec.num_frames,
+            spec.sampling,
+            fps=fps,
+            rng=None if seed is None else np.random.default_rng(seed),
+        )
+        for seed in views
+    ]
+
+
+def _wanted(indices: list[list[int]]) -> set[int]:
+    """The source frames the views need: every index of any view but padding."""
+    return {number for view in indices for number in view if number != PADDING}
+
+
+def _decoded_views(
+    frames: dict[int, np.ndarray], indices: list[list[int]], claimed: int, fps: float, note: str
+) -> list[DecodedVideo]:
+    """Each view's frames from the decoded ``frames`` (by source frame number), zeros for padding."""
+    padding = np.zeros_like(next(iter(frames.values())))
+    return [
+        DecodedVideo(
+            np.stack([padding if number == PADDING else frames[number] for number in view]), view, claimed, fps, note
+        )
+        for view in indices
+    ]
 
 
 def _prefix_note(claimed: int, decodable: int) -> str:
@@ -317,10 +384,10 @@ def _count_decodable(path: Path) -> int:
     return count
 
 
-def _read_with_pyav(path: Path, spec: FrameSpec) -> DecodedVideo:
+def _read_with_pyav(path: Path, spec: FrameSpec, views: ViewSeeds) -> list[DecodedVideo]:
     container, stream = _open_stream(path)
     with container:
-        width, height = resized_size(*_frame_size(stream, path), spec.short_side)
+        width, height = resized_size(*_frame_size(stream, path), spec.short_side, spec.interpolation)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         index, kept = _index_packets(_packets(container, stream), KEPT_PACKET_BYTES)
         claimed = len(index.pts)
@@ -328,28 +395,37 @@ def _read_with_pyav(path: Path, spec: FrameSpec) -> DecodedVideo:
             raise _no_frames(path)
 
         def convert(frame) -> np.ndarray:
-            image = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
-            return centre_crop(image, spec.size)
+            if spec.interpolation == "bicubic":
+                # CLIP4Clip resizes RGB images (OpenCV converts at the source size, PIL resizes).
+                # Resizing within the YUV conversion would resample the subsampled chroma instead:
+                # 1.3-5.6 grey levels from PIL's result on average, against 0.01-0.4 this way.
+                frame = frame.reformat(format="rgb24")
+            image = frame.to_ndarray(
+                width=width, height=height, format="rgb24", interpolation=spec.interpolation.upper()
+            )
+            return centre_crop(image, spec.size, spec.interpolation)
 
-        indices = sample_frame_indices(claimed, spec.num_frames, spec.sampling)
+        indices = _sample_views(claimed, fps, spec, views)
+        wanted = _wanted(indices)
         if kept is not None:
-            frames = _decode_wanted(stream.codec_context, kept, index, set(indices), convert)
+            frames = _decode_wanted(stream.codec_context, kept, index, wanted, convert)
     if kept is None:
-        frames = _decode_file(path, index, set(indices), convert)
+        frames = _decode_file(path, index, wanted, convert)
     note = ""
-    if len(frames) < len(set(indices)):
+    if len(frames) < len(wanted):
         # Frames the container lists did not come out: a damaged stream, or pts that do not
         # number the frames. Decode in turn, sampling over the frames that really decode.
         decodable = min(_count_decodable(path), claimed)
         if decodable == 0:
             raise _no_frame_decodes(path)
         if decodable < claimed:
-            indices = sample_frame_indices(decodable, spec.num_frames, spec.sampling)
+            indices = _sample_views(decodable, fps, spec, views)
+            wanted = _wanted(indices)
             note = _prefix_note(claimed, decodable)
-        frames = _decode_file(path, None, set(indices), convert)
-        if len(frames) < len(set(indices)):  # decodes differently each time: nothing to trust
+        frames = _decode_file(path, None, wanted, convert)
+        if len(frames) < len(wanted):  # decodes differently each time: nothing to trust
             raise VideoError("unreadable", f"frames that decoded once did not decode again: {path}")
-    return DecodedVideo(np.stack([frames[number] for number in indices]), indices, claimed, fps, note)
+    return _decoded_views(frames, indices, claimed, fps, note)
 
 
 # decord -----------------------------------------------------------------------------------
@@ -387,7 +463,7 @@ def _decodable_prefix(path: Path, width: int, height: int, claimed: int) -> int:
     return low + 1
 
 
-def _read_with_decord(path: Path, spec: FrameSpec) -> DecodedVideo:
+def _read_with_decord(path: Path, spec: FrameSpec, views: ViewSeeds) -> list[DecodedVideo]:
     import decord
 
     container, stream = _open_stream(path)
@@ -403,21 +479,23 @@ def _read_with_decord(path: Path, spec: FrameSpec) -> DecodedVideo:
     if claimed == 0:
         raise _no_frames(path)
     fps = float(reader.get_avg_fps())
-    indices = sample_frame_indices(claimed, spec.num_frames, spec.sampling)
+    indices = _sample_views(claimed, fps, spec, views)
+    wanted = sorted(_wanted(indices))
     note = ""
     try:
-        batch = reader.get_batch(indices).asnumpy()
+        batch = reader.get_batch(wanted).asnumpy()
     except decord.DECORDError:
         # The container promises frames that do not decode (a damaged tail, say):
         # sample again over the frames that do, rather than fail the video.
         decodable = _decodable_prefix(path, width, height, claimed)
         if decodable == 0:
             raise _no_frame_decodes(path) from None
-        indices = sample_frame_indices(decodable, spec.num_frames, spec.sampling)
-        batch = _open_reader(path, width, height).get_batch(indices).asnumpy()
+        indices = _sample_views(decodable, fps, spec, views)
+        wanted = sorted(_wanted(indices))
+        batch = _open_reader(path, width, height).get_batch(wanted).asnumpy()
         note = _prefix_note(claimed, decodable)
-    frames = np.ascontiguousarray(centre_crop(batch, spec.size))
-    return DecodedVideo(frames, indices, claimed, fps, note)
+    frames = dict(zip(wanted, centre_crop(batch, spec.size), strict=True))
+    return _decoded_views(frames, indices, claimed, fps, note)
 
 
 def _decord_message(error: Exception) -> str:

@@ -14,14 +14,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from pipeline.decode.reader import DecodedVideo, FrameSpec, VideoError, read_video
+from pipeline.decode.reader import TEST_MODE, DecodedVideo, FrameSpec, VideoError, ViewSeeds, read_views
 from pipeline.errors import VidretError
 
-Reader = Callable[[Path, FrameSpec], DecodedVideo]
+Reader = Callable[[Path, FrameSpec, ViewSeeds], list[DecodedVideo]]
 
 WORKER_START_TIMEOUT = 120.0
 
@@ -31,6 +31,7 @@ class DecodeTask:
     seq: int  # position in this run's work order
     video_id: str
     path: Path
+    views: ViewSeeds = TEST_MODE
 
 
 @dataclass
@@ -40,20 +41,20 @@ class DecodeResult:
     status: str
     error: str
     seconds: float
-    video: DecodedVideo | None = None
+    views: list[DecodedVideo] = field(default_factory=list)  # one per view of the task; none on failure
 
 
-def decode_task(task: DecodeTask, spec: FrameSpec, reader: Reader = read_video) -> DecodeResult:
+def decode_task(task: DecodeTask, spec: FrameSpec, reader: Reader = read_views) -> DecodeResult:
     """Run ``reader`` on one video and turn the outcome into a result; never raises."""
     start = time.perf_counter()
     try:
-        video = reader(task.path, spec)
+        views = reader(task.path, spec, task.views)
     except VideoError as error:
         return DecodeResult(task.seq, task.video_id, error.status, str(error), time.perf_counter() - start)
     except Exception as error:  # a decoder bug must not end the run; record it against the video
         message = f"{type(error).__name__}: {error}: {task.path}"
         return DecodeResult(task.seq, task.video_id, "unreadable", message, time.perf_counter() - start)
-    return DecodeResult(task.seq, task.video_id, "ok", video.note, time.perf_counter() - start, video)
+    return DecodeResult(task.seq, task.video_id, "ok", views[0].note, time.perf_counter() - start, views)
 
 
 def _worker_main(conn, spec: FrameSpec, reader: Reader, log_path: str) -> None:
@@ -111,7 +112,7 @@ class _Worker:
 class DecodePool:
     """``num_workers`` processes, each decoding one video at a time under ``timeout`` seconds."""
 
-    def __init__(self, num_workers: int, spec: FrameSpec, timeout: float, log_path: Path, reader: Reader = read_video):
+    def __init__(self, num_workers: int, spec: FrameSpec, timeout: float, log_path: Path, reader: Reader = read_views):
         # forkserver: workers fork from a clean, single-threaded server with the
         # decoders preloaded, never from this process and its pyarrow threads.
         self._context = multiprocessing.get_context("forkserver")

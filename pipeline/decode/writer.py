@@ -33,8 +33,9 @@ LOGS_DIR = "_logs"
 CHUNK_KEY = b"vidret.chunk_key"
 PARAMS_KEY = b"vidret.params"
 
-# One row group per video: a reader can fetch any single video (shuffled
-# training, DuckDB ``WHERE video_id = ...``) without reading its neighbours.
+# One row group per row (a video, or one view of it): a reader can fetch any
+# single video (shuffled training, DuckDB ``WHERE video_id = ...``) without
+# reading its neighbours.
 # Statistics only on video_id, which makes that filter skip row groups; min/max
 # of megabyte-sized frame blobs would be useless. See README "Frames on disk".
 FRAMES_PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=["video_id"])
@@ -64,22 +65,21 @@ def read_marker_metadata(path: Path) -> tuple[str, dict] | None:
     return metadata.get(CHUNK_KEY, b"").decode(), json.loads(metadata.get(PARAMS_KEY, b"{}"))
 
 
-def frames_table(result: DecodeResult) -> pa.Table:
-    video = result.video
-    num_frames, height, width, _ = video.frames.shape
-    return pa.table(
-        {
-            "video_id": [result.video_id],
-            "frames": [video.frames.tobytes()],
-            "num_frames": [num_frames],
-            "height": [height],
-            "width": [width],
-            "frame_indices": [video.frame_indices],
-            "source_num_frames": [video.source_num_frames],
-            "fps": [video.fps],
-        },
-        schema=FRAMES_SCHEMA,
-    )
+def frames_table(result: DecodeResult, schema: pa.Schema = FRAMES_SCHEMA) -> pa.Table:
+    """One row per view of a decoded video, views in order; the view column only if ``schema`` has it."""
+    views = result.views
+    columns = {
+        "video_id": [result.video_id] * len(views),
+        "view": list(range(len(views))),
+        "frames": [video.frames.tobytes() for video in views],
+        "num_frames": [video.frames.shape[0] for video in views],
+        "height": [video.frames.shape[1] for video in views],
+        "width": [video.frames.shape[2] for video in views],
+        "frame_indices": [video.frame_indices for video in views],
+        "source_num_frames": [video.source_num_frames for video in views],
+        "fps": [video.fps for video in views],
+    }
+    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
 def status_table(results: list[DecodeResult], metadata: dict[bytes, bytes]) -> pa.Table:
@@ -101,9 +101,10 @@ class ChunkWriter:
     has got, so that it can bound how many results wait in memory.
     """
 
-    def __init__(self, out_dir: Path, chunks: list[Chunk], params: dict) -> None:
+    def __init__(self, out_dir: Path, chunks: list[Chunk], params: dict, schema: pa.Schema) -> None:
         self.out_dir = out_dir
         self._chunks = chunks
+        self._schema = schema
         self._params_json = json.dumps(params, sort_keys=True).encode()
         self._pending: dict[int, DecodeResult] = {}
         self.next_seq = 0
@@ -125,11 +126,11 @@ class ChunkWriter:
         if self._writer is None:
             path = part_path(self.out_dir, chunk.index)
             self._temporary = temporary_path(path)
-            schema = FRAMES_SCHEMA.with_metadata({PARAMS_KEY: self._params_json})
+            schema = self._schema.with_metadata({PARAMS_KEY: self._params_json})
             self._writer = pq.ParquetWriter(self._temporary, schema, **FRAMES_PARQUET_OPTIONS)
         if result.status == "ok":
-            self._writer.write_table(frames_table(result))
-        self._chunk_results.append(replace(result, video=None))  # the frames are on disk now
+            self._writer.write_table(frames_table(result, self._schema), row_group_size=1)
+        self._chunk_results.append(replace(result, views=[]))  # the frames are on disk now
         if len(self._chunk_results) < len(chunk.entries):
             return
         self._writer.close()

@@ -67,7 +67,10 @@ def load_model(path: Path | str) -> tuple[CLIP4Clip, dict]:
         # The checkpoint holds every weight, so the CLIP weights are not fetched again (and open_clip's
         # "initialized randomly" warning would mislead).
         with quiet_root_logger():
-            model = create_clip4clip(spec.model, "none", spec.head, spec.caption_length)
+            model = create_clip4clip(
+                spec.model, "none", spec.head, spec.caption_length, precision=spec.precision,
+                normalize_frames=spec.normalize_frames, force_quick_gelu=spec.force_quick_gelu,
+            )  # fmt: skip
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError) as error:
         raise VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})") from None

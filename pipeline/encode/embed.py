@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.encode.checkpoint import load_model, read_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
-from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip
+from pipeline.encode.model import CLIP4Clip, ModelSpec, autocast_for, check_model_choice, create_clip4clip
 from pipeline.encode.reader import (
     FrameStore,
     VideoSelection,
@@ -54,11 +54,11 @@ def embed_videos(
     mine = video_ids[world.rank :: world.size]
     batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
     rows = []
-    for frames in prefetch_batches(store, batches, threads=threads, pin_memory=world.device.type == "cuda"):
-        with autocast_for(world.device):
-            rows.append(model.encode_video(frames).float())
+    for batch in prefetch_batches(store, batches, threads=threads, pin_memory=world.device.type == "cuda"):
+        with autocast_for(world.device, model.spec.precision):
+            rows.append(model.encode_video(batch.frames, batch.frame_mask).float())
         if on_batch:
-            on_batch(len(frames) * world.size)
+            on_batch(len(batch.frames) * world.size)
     return _gather_in_order(rows, world, len(video_ids), model.clip.visual.output_dim)
 
 
@@ -68,7 +68,7 @@ def embed_texts(model: CLIP4Clip, tokens: torch.Tensor, world: World, batch_size
     mine = tokens[world.rank :: world.size]
     rows = []
     for start in range(0, len(mine), batch_size):
-        with autocast_for(world.device):
+        with autocast_for(world.device, model.spec.precision):
             rows.append(model.encode_text(mine[start : start + batch_size]).float())
     return _gather_in_order(rows, world, len(tokens), model.clip.visual.output_dim)
 
@@ -136,7 +136,10 @@ class EmbedOptions:
     model: str = "ViT-B-32"
     pretrained: str = "openai"
     head: str = "meanP"
-    caption_length: int | None = None  # zero-shot only: a checkpoint's spec fixes it
+    # Zero-shot only (None: ModelSpec's defaults); a checkpoint's spec fixes these.
+    caption_length: int | None = None
+    precision: str | None = None
+    normalize_frames: bool | None = None
     split: str = "test"
     video_root: Path | None = None
     batch_size: int = 64
@@ -151,12 +154,17 @@ class EmbedOptions:
         if self.workers < 1:
             raise VidretError(f"--workers must be at least 1, got {self.workers}")
         if self.checkpoint is None:
-            check_model_choice(self.model, self.pretrained, self.head, self.caption_length)
+            check_model_choice(self.model, self.pretrained, self.head, self.caption_length, self.precision or "amp")
         elif self.caption_length is not None:
             trained_with = read_checkpoint(self.checkpoint).get("spec", {}).get("caption_length")
             raise VidretError(
                 f"--caption-length {self.caption_length}: the checkpoint {self.checkpoint} fixes the caption length;"
                 f" it was trained with {trained_with or 'the full context length'} (leave --caption-length out)"
+            )
+        elif self.precision is not None or self.normalize_frames is not None:
+            raise VidretError(
+                f"--precision and --normalize-frames are for zero-shot models; the checkpoint {self.checkpoint}"
+                " fixes them (leave them out)"
             )
         if self.checkpoint is None and self.head != "meanP":
             raise VidretError(
@@ -189,14 +197,19 @@ class EmbedSummary:
         )
 
 
-def model_source(
-    checkpoint: Path | None, model: str, pretrained: str, head: str, caption_length: int | None = None
-) -> dict:
-    """Where the embedding model comes from, as stage.json records it (a checkpoint by its digest; its spec
-    holds the caption length)."""
-    if checkpoint is None:
-        return dict(checkpoint=None, model=model, pretrained=pretrained, head=head, caption_length=caption_length)
-    path = Path(checkpoint)
+def model_source(options: EmbedOptions) -> dict:
+    """Where the embedding model comes from, as stage.json records it: a checkpoint by its digest (its spec
+    holds the rest), or the zero-shot model's spec."""
+    if options.checkpoint is None:
+        defaults = ModelSpec()
+        normalize_frames = defaults.normalize_frames if options.normalize_frames is None else options.normalize_frames
+        spec = {
+            "model": options.model, "pretrained": options.pretrained, "head": options.head,
+            "caption_length": options.caption_length, "precision": options.precision or defaults.precision,
+            "normalize_frames": normalize_frames,
+        }  # fmt: skip
+        return {"checkpoint": None, **spec}
+    path = Path(options.checkpoint)
     if not path.is_file():
         raise VidretError(f"{path}: no such checkpoint")
     return {"checkpoint": str(path.absolute()), "checkpoint_sha256": sha256_file(path)}
@@ -208,8 +221,12 @@ def load_embedding_model(source: dict) -> tuple[CLIP4Clip, int | None]:
         model, payload = load_model(source["checkpoint"])
         return model, payload.get("epoch")
     torch.manual_seed(0)  # --pretrained none: the same random weights on every rank and every run
-    # Records from before caption_length was an option tokenised to the full context length.
-    model = create_clip4clip(source["model"], source["pretrained"], source["head"], source.get("caption_length"))
+    model = create_clip4clip(
+        source["model"], source["pretrained"], source["head"], source["caption_length"],
+        precision=source["precision"], normalize_frames=source["normalize_frames"],
+        # Unset when embedding (decided from the tag, and said); a record holds what was built.
+        force_quick_gelu=source.get("force_quick_gelu"),
+    )  # fmt: skip
     return model, None
 
 
@@ -231,7 +248,7 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
             f"{options.frames_dir}: no video of split {options.split!r} decoded ({describe_skipped(selection.skipped)})"
         )
     out = Path(options.out)
-    source = model_source(options.checkpoint, options.model, options.pretrained, options.head, options.caption_length)
+    source = model_source(options)
     inputs = {
         **frames_and_manifest(options.frames_dir, options.manifest),
         "video_root": str(options.video_root) if options.video_root else None,

@@ -1,10 +1,12 @@
 """CLIP4Clip on open_clip: a CLIP image tower applied per frame, a temporal head, a CLIP text tower.
 
 One factory, ``create_clip4clip``, builds the model from an open_clip model name, a
-``--pretrained`` source (an open_clip tag, a local file, or ``none``), a head name and a
-caption length (CLIP4Clip's ``max_words``); ``CLIP4Clip.tokenize`` cuts captions to it.
-The project's tiny configs (``model_configs/*.json``) are registered with open_clip's
-own registry, so ``vidret-tiny`` is a model name like ``ViT-B-32``.
+``--pretrained`` source (an open_clip tag, a local file, or ``none``), a head name, a
+caption length (CLIP4Clip's ``max_words``; ``CLIP4Clip.tokenize`` cuts captions to it),
+the towers' precision and the frame pooling. Weights trained with QuickGELU (OpenAI's)
+get QuickGELU towers whatever the model name says. The project's tiny configs
+(``model_configs/*.json``) are registered with open_clip's own registry, so
+``vidret-tiny`` is a model name like ``ViT-B-32``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +31,16 @@ open_clip.add_model_config(Path(__file__).with_name("model_configs"))
 
 HEADS = ("meanP", "seqLSTM", "seqTransf")
 SEQ_TRANSFORMER_LAYERS = 4  # CLIP4Clip's seqTransf copies the first 4 layers of the text transformer
-MAX_LOGIT_SCALE = 100.0
+# CLIP4Clip's seqTransf blocks use its TF-style LayerNorm (epsilon 1e-12), not CLIP's 1e-5.
+SEQ_TRANSFORMER_NORM_EPS = 1e-12
+# fp32; amp: bf16 autocast on CUDA (full precision on the CPU); fp16: OpenAI's CLIP in half precision
+# (convert_weights: linear, convolution and attention weights in fp16, norms and embeddings in fp32).
+PRECISIONS = ("fp32", "amp", "fp16")
+# Frames the sampling padded (CLIP4Clip's videos shorter than T seconds) are masked with this
+# attention bias, as CLIP4Clip's seqTransf does.
+MASKED_ATTENTION = -1e6
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,9 @@ class ModelSpec:
     head: str = "meanP"
     pretrained: str = "none"  # where the CLIP weights came from: a tag, a file, or none
     caption_length: int | None = None  # tokens per caption, SOT and EOT included; None: the full context length
+    force_quick_gelu: bool = False  # QuickGELU towers although the model's config says GELU
+    precision: str = "amp"  # one of PRECISIONS
+    normalize_frames: bool = True  # L2-normalise frame features before the mean (CLIP4Clip); False: MMAction2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,19 +62,28 @@ class ModelSpec:
 class MeanPooling(nn.Module):
     """meanP: parameter-free; the pooling in ``CLIP4Clip.encode_video`` is the whole head."""
 
-    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         return frame_features
 
 
 class SequenceLSTM(nn.Module):
-    """seqLSTM: an LSTM over the frame features, plus a residual."""
+    """seqLSTM: an LSTM over the frame features, plus a residual.
+
+    With a frame mask, the LSTM runs over each video's real frames only (packed, as CLIP4Clip);
+    the padded positions keep their input features, which the pooling then masks out.
+    """
 
     def __init__(self, width: int):
         super().__init__()
         self.lstm = nn.LSTM(width, width, batch_first=True)
 
-    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
-        output, _ = self.lstm(frame_features)
+    def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if frame_mask is None:
+            return self.lstm(frame_features)[0] + frame_features
+        lengths = frame_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(frame_features, lengths, batch_first=True, enforce_sorted=False)
+        output, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
+        output = torch.cat([output, torch.zeros_like(frame_features[:, output.shape[1] :])], dim=1)
         return output + frame_features
 
 
@@ -67,15 +91,21 @@ class SequenceTransformer(nn.Module):
     """seqTransf: frame position embeddings and the first text-transformer layers, plus a residual.
 
     As in CLIP4Clip, the position embeddings start as the text tower's token position
-    embeddings and the blocks as copies of its first layers; no causal mask is applied.
+    embeddings and the blocks as copies of its first layers (in fp32, with CLIP4Clip's
+    LayerNorm epsilon); no causal mask is applied, and padded frames are masked as keys.
     """
 
     def __init__(self, position_embedding: torch.Tensor, blocks: list[nn.Module]):
         super().__init__()
-        self.frame_position_embeddings = nn.Embedding.from_pretrained(position_embedding.detach().clone(), freeze=False)
-        self.blocks = nn.ModuleList(copy.deepcopy(block) for block in blocks)
+        self.frame_position_embeddings = nn.Embedding.from_pretrained(
+            position_embedding.detach().float().clone(), freeze=False
+        )
+        self.blocks = nn.ModuleList(copy.deepcopy(block).float() for block in blocks)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = SEQ_TRANSFORMER_NORM_EPS
 
-    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         num_frames = frame_features.shape[1]
         if num_frames > self.frame_position_embeddings.num_embeddings:
             raise VidretError(
@@ -84,8 +114,13 @@ class SequenceTransformer(nn.Module):
             )
         positions = torch.arange(num_frames, device=frame_features.device)
         hidden = frame_features + self.frame_position_embeddings(positions).to(frame_features.dtype)
+        attention_bias = None
+        if frame_mask is not None:
+            heads = self.blocks[0].attn.num_heads
+            bias = (~frame_mask).to(hidden.dtype) * MASKED_ATTENTION  # B x T, over the keys
+            attention_bias = bias[:, None, :].expand(-1, num_frames, -1).repeat_interleave(heads, dim=0)
         for block in self.blocks:
-            hidden = block(hidden)
+            hidden = block(hidden, attn_mask=attention_bias)
         return hidden + frame_features
 
 
@@ -93,7 +128,8 @@ class CLIP4Clip(nn.Module):
     """Video and text towers with a shared embedding space.
 
     Frames arrive as uint8 ``B×T×H×W×3`` and are normalised here, on the model's device,
-    with the CLIP model's own mean and std.
+    with the CLIP model's own mean and std. A frame mask (``B×T``, True for real frames)
+    leaves out the frames a sampling padded; without one, every frame is real.
     """
 
     def __init__(self, clip: nn.Module, head: nn.Module, spec: ModelSpec, mean, std, image_size: tuple[int, int]):
@@ -104,6 +140,7 @@ class CLIP4Clip(nn.Module):
         self.image_size = image_size
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.tower_dtype = torch.float16 if spec.precision == "fp16" else torch.float32
         self._tokenizer = None  # open_clip's, made on first use; a plain attribute, not in the state dict
 
     @property
@@ -127,37 +164,53 @@ class CLIP4Clip(nn.Module):
         return (pixels - self.pixel_mean) / self.pixel_std
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Projected CLS features per frame, ``B×T×D`` (not normalised)."""
+        """Projected CLS features per frame, ``B×T×D`` float32 (not normalised)."""
         batch, num_frames = frames.shape[:2]
-        features = self.clip.encode_image(self.normalize_frames(frames))
-        return features.view(batch, num_frames, -1)
+        features = self.clip.encode_image(self.normalize_frames(frames).to(self.tower_dtype))
+        return features.float().view(batch, num_frames, -1)
 
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """The head, then CLIP4Clip's pooling: L2-normalise each frame, mean over frames, L2-normalise."""
-        frame_features = self.head(self.encode_frames(frames))
-        pooled = F.normalize(frame_features, dim=-1).mean(dim=1)
+    def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The head, then the mean over the real frames, L2-normalised. CLIP4Clip L2-normalises each
+        frame before the mean, MMAction2's mean adapter does not (``spec.normalize_frames``)."""
+        if frame_mask is not None:
+            frame_mask = frame_mask.to(self.pixel_mean.device, non_blocking=True)
+        frame_features = self.head(self.encode_frames(frames), frame_mask)
+        if self.spec.normalize_frames:
+            frame_features = F.normalize(frame_features, dim=-1)
+        if frame_mask is None:
+            pooled = frame_features.mean(dim=1)
+        else:
+            weights = frame_mask.unsqueeze(-1).to(frame_features.dtype)
+            pooled = (frame_features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         return F.normalize(pooled, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The text tower's EOT feature, L2-normalised."""
-        return F.normalize(self.clip.encode_text(tokens.to(self.pixel_mean.device, non_blocking=True)), dim=-1)
+        """The text tower's EOT feature, L2-normalised, float32."""
+        features = self.clip.encode_text(tokens.to(self.pixel_mean.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1)
 
     def logit_scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        # Not clamped here: a clamp in the forward pass would stop the scale's gradient at the bound
+        # (exp(log 100) is just over 100 in float32); the references clamp the parameter after a step.
+        return self.clip.logit_scale.exp()
 
     @torch.no_grad()
-    def clamp_logit_scale(self) -> None:
-        """Keep the learnable temperature at most 100, as CLIP and CLIP4Clip do after each step."""
-        self.clip.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    def clamp_logit_scale(self, max_scale: float | None) -> None:
+        """Keep the learnable temperature at most ``max_scale`` (None: unbounded), as CLIP4Clip does
+        after each step."""
+        if max_scale is not None:
+            self.clip.logit_scale.clamp_(max=math.log(max_scale))
 
-    def forward(self, frames: torch.Tensor, tokens: torch.Tensor):
+    def forward(self, frames: torch.Tensor, tokens: torch.Tensor, frame_mask: torch.Tensor | None = None):
         # Returning the scale from forward lets DDP see every parameter used in the step.
-        return self.encode_video(frames), self.encode_text(tokens), self.logit_scale()
+        return self.encode_video(frames, frame_mask), self.encode_text(tokens), self.logit_scale()
 
 
-def check_model_choice(name: str, pretrained: str, head: str, caption_length: int | None = None) -> None:
-    """Fail fast, before any data is read or weights fetched, on a model, tag, head or caption length that
-    cannot work."""
+def check_model_choice(
+    name: str, pretrained: str, head: str, caption_length: int | None = None, precision: str = "amp"
+) -> None:
+    """Fail fast, before any data is read or weights fetched, on a model, tag, head, caption length or
+    precision that cannot work."""
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See open_clip.list_models()."
@@ -171,6 +224,8 @@ def check_model_choice(name: str, pretrained: str, head: str, caption_length: in
             f"(tags: {', '.join(tags) or 'none'}; or 'none')"
         )
     check_caption_length(name, caption_length)
+    if precision not in PRECISIONS:
+        raise VidretError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 def config_context_length(name: str) -> int:
@@ -190,18 +245,44 @@ def check_caption_length(name: str, caption_length: int | None) -> None:
         )
 
 
-def create_clip(name: str, pretrained: str) -> nn.Module:
-    """An open_clip model with weights from a tag, a local file, or ``none`` (random init)."""
+def quick_gelu_needed(name: str, pretrained: str) -> bool:
+    """Whether QuickGELU must be forced: ``pretrained`` is an open_clip tag whose weights were trained with
+    QuickGELU (OpenAI's, say) and ``name``'s config says GELU. Read from open_clip's pretrained config, so
+    nothing is downloaded."""
+    if (open_clip.get_model_config(name) or {}).get("quick_gelu", False):
+        return False
+    return bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+
+
+def warn_of_activation(name: str, pretrained: str, force_quick_gelu: bool) -> None:
+    """Say in one line when vidret builds other activations than the model name says, or cannot tell."""
+    if force_quick_gelu:
+        logger.warning(
+            "vidret: %s's %r weights were trained with QuickGELU; building %s with QuickGELU (as %s-quickgelu)",
+            name, pretrained, name, name,
+        )  # fmt: skip
+    elif Path(pretrained).is_file() and f"{name}-quickgelu" in open_clip.list_models():
+        logger.warning(
+            "vidret: %s uses GELU; if %s holds weights trained with QuickGELU (OpenAI's, for one), "
+            "use --model %s-quickgelu",
+            name, pretrained, name,
+        )  # fmt: skip
+
+
+def create_clip(name: str, pretrained: str, precision: str = "amp", force_quick_gelu: bool = False) -> nn.Module:
+    """An open_clip model with weights from a tag, a local file, or ``none`` (random init); ``fp16`` rounds
+    its weights to half precision as OpenAI's ``convert_weights`` does (norms and embeddings stay fp32)."""
+    settings = {"precision": "fp16" if precision == "fp16" else "fp32", "force_quick_gelu": force_quick_gelu}
     if pretrained == "none":
-        return open_clip.create_model(name, pretrained=None)
+        return open_clip.create_model(name, pretrained=None, **settings)
     if Path(pretrained).is_file():
         try:
-            return open_clip.create_model(name, pretrained=pretrained)
+            return open_clip.create_model(name, pretrained=pretrained, **settings)
         except Exception as error:  # open_clip fails in many ways on a foreign file (assertions, unpickling, keys)
             reason = f"{type(error).__name__}: {first_line(error)}"
             raise VidretError(f"--pretrained {pretrained}: not open_clip weights for {name} ({reason})") from None
     try:
-        return open_clip.create_model(name, pretrained=pretrained)
+        return open_clip.create_model(name, pretrained=pretrained, **settings)
     except Exception as error:  # downloads fail in many ways (DNS, HTTP, proxy, hub offline)
         raise VidretError(
             f"could not fetch the {pretrained!r} weights for {name} ({first_line(error)}); "
@@ -245,12 +326,24 @@ def create_head(name: str, clip: nn.Module, embed_dim: int) -> nn.Module:
 
 
 def create_clip4clip(
-    model: str = "ViT-B-32", pretrained: str = "none", head: str = "meanP", caption_length: int | None = None
+    model: str = "ViT-B-32",
+    pretrained: str = "none",
+    head: str = "meanP",
+    caption_length: int | None = None,
+    *,
+    precision: str = "amp",
+    normalize_frames: bool = True,
+    force_quick_gelu: bool | None = None,
 ) -> CLIP4Clip:
-    """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none), a temporal head, and captions
-    cut to ``caption_length`` tokens (None: the text tower's full context length)."""
-    check_model_choice(model, pretrained, head, caption_length)
-    clip = create_clip(model, pretrained)
+    """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none) in ``precision``, a temporal
+    head, captions cut to ``caption_length`` tokens (None: the text tower's full context length), and the
+    frame pooling (``normalize_frames``). ``force_quick_gelu`` None decides from the tag's pretrained config
+    (and says so); a checkpoint passes what it was built with."""
+    check_model_choice(model, pretrained, head, caption_length, precision)
+    if force_quick_gelu is None:
+        force_quick_gelu = quick_gelu_needed(model, pretrained)
+        warn_of_activation(model, pretrained, force_quick_gelu)
+    clip = create_clip(model, pretrained, precision, force_quick_gelu)
     if caption_length is not None and not cuts_captions_exactly(clip):
         raise VidretError(
             f"--caption-length needs a causal text tower pooled at the EOT token, as CLIP's; {model}'s is not"
@@ -258,15 +351,14 @@ def create_clip4clip(
         )
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     embed_dim = clip.visual.output_dim
-    spec = ModelSpec(model=model, head=head, pretrained=pretrained, caption_length=caption_length)
+    spec = ModelSpec(
+        model=model, head=head, pretrained=pretrained, caption_length=caption_length,
+        force_quick_gelu=force_quick_gelu, precision=precision, normalize_frames=normalize_frames,
+    )  # fmt: skip
     image_size = (
         tuple(preprocess["size"]) if isinstance(preprocess["size"], (list, tuple)) else (preprocess["size"],) * 2
     )
-    clip4clip = CLIP4Clip(
-        clip, create_head(head, clip, embed_dim), spec, preprocess["mean"], preprocess["std"], image_size
-    )
-    clip4clip.clamp_logit_scale()
-    return clip4clip
+    return CLIP4Clip(clip, create_head(head, clip, embed_dim), spec, preprocess["mean"], preprocess["std"], image_size)
 
 
 def cuts_captions_exactly(clip: nn.Module) -> bool:
@@ -276,8 +368,9 @@ def cuts_captions_exactly(clip: nn.Module) -> bool:
     return getattr(text, "attn_mask", None) is not None and pool_type in ("argmax", "eos")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; full precision on the CPU, where bf16 is slow and tests compare exactly."""
-    if device.type == "cuda":
+def autocast_for(device: torch.device, precision: str = "amp"):
+    """bf16 autocast for ``amp`` on CUDA; otherwise none: on the CPU bf16 is slow and tests compare exactly,
+    and ``fp16`` and ``fp32`` towers compute in their own weights' precision."""
+    if device.type == "cuda" and precision == "amp":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

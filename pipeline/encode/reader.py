@@ -1,10 +1,11 @@
 """Read decoded frames (``RUN/frames``) for the encode stage.
 
-``FrameStore`` gives random access to any video's frames by ``video_id``: decode
-writes one row group per video, so a shuffled batch reads only its own videos.
+``FrameStore`` gives random access to any video's frames by ``video_id`` (and
+view): decode writes one row group per row, so a shuffled batch reads only its
+own videos.
 ``prefetch_batches`` reads batches in background threads, a few batches ahead,
 into uint8 arrays (pinned memory when the model is on a GPU), so the device never
-waits on Parquet.
+waits on Parquet; each batch comes with the mask of its padded frames, if any.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from pipeline.stage import STAGE_FILE, read_stage
 class FrameLocation:
     part: Path
     row_group: int
-    row: int  # within the row group; 0 for files written by decode (one video per row group)
+    row: int  # within the row group; 0 for files written by decode (one row per row group)
     shape: tuple[int, int, int, int]  # T, H, W, 3
+    real_frames: int  # the first ones, sampled from the video; the rest of T are padding (all zeros)
 
 
 class FrameStore:
-    """Every decoded video in a frames directory, and every video's decode status."""
+    """Every decoded video in a frames directory, and every video's decode status.
+
+    A video has one row per view (``view`` column; files without it have view 0 only):
+    K train-mode draws for a train video decoded with ``--train-views K``, else one.
+    """
 
     def __init__(self, frames_dir: Path | str):
         self.directory = Path(frames_dir)
@@ -45,33 +51,54 @@ class FrameStore:
         if not (self.directory / STAGE_FILE).is_file():
             raise VidretError(f"{self.directory}: decode has not finished here (no {STAGE_FILE}); rerun vidret decode")
         parts = sorted(self.directory.glob("part-*.parquet"))
-        self.locations: dict[str, FrameLocation] = {}
+        self.locations: dict[str, dict[int, FrameLocation]] = {}  # video_id -> view -> location
         for part in parts:
             self._index_part(part)
+        for video_id, views in self.locations.items():
+            self._check_views(video_id, views)
         self.statuses = read_statuses(self.directory / STATUS_FILE)
         self._local = threading.local()
 
     def _index_part(self, part: Path) -> None:
         handle = pq.ParquetFile(part)
-        table = handle.read(columns=["video_id", "num_frames", "height", "width"])
+        has_views = "view" in handle.schema_arrow.names
+        columns = ["video_id", "num_frames", "height", "width", "frame_indices"] + (["view"] if has_views else [])
+        table = handle.read(columns=columns)
         ids = table.column("video_id").to_pylist()
+        views = table.column("view").to_pylist() if has_views else [0] * len(ids)
         shapes = zip(*(table.column(name).to_pylist() for name in ("num_frames", "height", "width")), strict=True)
+        indices = table.column("frame_indices").to_pylist()
         row_groups = [
             (group, row)
             for group in range(handle.num_row_groups)
             for row in range(handle.metadata.row_group(group).num_rows)
         ]
-        for video_id, (frames, height, width), (group, row) in zip(ids, shapes, row_groups, strict=True):
-            if video_id in self.locations:
-                raise VidretError(f"{part}: video {video_id!r} is also in {self.locations[video_id].part.name}")
-            self.locations[video_id] = FrameLocation(part, group, row, (frames, height, width, 3))
+        rows = zip(ids, views, shapes, indices, row_groups, strict=True)
+        for video_id, view, (frames, height, width), frame_indices, (group, row) in rows:
+            located = self.locations.setdefault(video_id, {})
+            if view in located:
+                raise VidretError(f"{part}: video {video_id!r} view {view} is also in {located[view].part.name}")
+            real = _real_frames(frame_indices, part, video_id)
+            located[view] = FrameLocation(part, group, row, (frames, height, width, 3), real)
+
+    def _check_views(self, video_id: str, views: dict[int, FrameLocation]) -> None:
+        if sorted(views) != list(range(len(views))):
+            raise VidretError(
+                f"{self.directory}: video {video_id!r} has views {sorted(views)}; expected 0 to {len(views) - 1}"
+            )
+        if len({location.shape for location in views.values()}) != 1:
+            raise VidretError(f"{self.directory}: the views of video {video_id!r} have different frame shapes")
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.locations
 
-    def read(self, video_id: str) -> np.ndarray:
-        """The video's frames, uint8 ``T×H×W×3`` (a read-only view of the Parquet buffer)."""
-        location = self.locations[video_id]
+    def num_views(self, video_id: str) -> int:
+        """The video's rows: K for a train video decoded with ``--train-views K``, else 1."""
+        return len(self.locations[video_id])
+
+    def read(self, video_id: str, view: int = 0) -> np.ndarray:
+        """The frames of one view of the video, uint8 ``T×H×W×3`` (a read-only view of the Parquet buffer)."""
+        location = self.locations[video_id][view]
         handles = self._local.__dict__.setdefault("handles", {})  # ParquetFile is not shared across threads
         if location.part not in handles:
             handles[location.part] = pq.ParquetFile(location.part)
@@ -86,11 +113,30 @@ class FrameStore:
 
     def frame_shape(self, video_ids: Iterable[str]) -> tuple[int, int, int, int]:
         """The one frame shape of these videos; an error if they differ (a batch needs one shape)."""
-        shapes = Counter(self.locations[video_id].shape for video_id in video_ids)
+        shapes = Counter(self.locations[video_id][0].shape for video_id in video_ids)
         if len(shapes) != 1:
             listed = ", ".join(f"{count} × {'x'.join(map(str, shape[:3]))}" for shape, count in shapes.most_common())
             raise VidretError(f"{self.directory}: videos have different frame shapes ({listed}); decode them alike")
         return next(iter(shapes))
+
+    def shared_num_views(self, video_ids: Iterable[str]) -> int:
+        """The one number of views of these (training) videos; an error if they differ."""
+        counts = Counter(self.num_views(video_id) for video_id in video_ids)
+        if len(counts) != 1:
+            listed = ", ".join(f"{videos} × {views} views" for views, videos in counts.most_common())
+            raise VidretError(
+                f"{self.directory}: training videos have different numbers of views ({listed});"
+                " decode the train split with one --train-views"
+            )
+        return next(iter(counts))
+
+
+def _real_frames(frame_indices: list[int], part: Path, video_id: str) -> int:
+    """How many of the frames are sampled ones (index >= 0); padding (-1) must come last."""
+    real = sum(number >= 0 for number in frame_indices)
+    if min(frame_indices[:real], default=0) < 0:
+        raise VidretError(f"{part}: video {video_id!r} has padding (-1) before sampled frames in frame_indices")
+    return real
 
 
 def read_statuses(path: Path) -> dict[str, str]:
@@ -162,10 +208,21 @@ def frames_and_manifest(frames_dir: Path | str, manifest: Path | str) -> dict:
     }
 
 
+@dataclass
+class FrameBatch:
+    frames: torch.Tensor  # uint8 B×T×H×W×3
+    frame_mask: torch.Tensor | None  # B×T, True for sampled frames; None when no frame is padding
+
+
 def prefetch_batches(
-    store: FrameStore, batches: Iterable[list[str]], threads: int = 4, depth: int = 2, pin_memory: bool = False
-) -> Iterator[torch.Tensor]:
-    """uint8 ``B×T×H×W×3`` tensors for each batch of video ids, read ``depth`` batches ahead."""
+    store: FrameStore,
+    batches: Iterable[list[str]],
+    threads: int = 4,
+    depth: int = 2,
+    pin_memory: bool = False,
+    view: int = 0,
+) -> Iterator[FrameBatch]:
+    """The frames of ``view`` of each batch of video ids, read ``depth`` batches ahead."""
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidret-frames") as pool:
 
@@ -175,9 +232,12 @@ def prefetch_batches(
             array = frames.numpy()
 
             def fill(index: int, video_id: str) -> None:
-                array[index] = store.read(video_id)
+                array[index] = store.read(video_id, view)
 
-            pending.append((frames, [pool.submit(fill, i, video_id) for i, video_id in enumerate(video_ids)]))
+            real = torch.tensor([store.locations[video_id][view].real_frames for video_id in video_ids])
+            mask = torch.arange(shape[0]) < real[:, None] if bool((real < shape[0]).any()) else None
+            futures = [pool.submit(fill, i, video_id) for i, video_id in enumerate(video_ids)]
+            pending.append((FrameBatch(frames, mask), futures))
 
         try:
             for video_ids in batches:
@@ -192,8 +252,8 @@ def prefetch_batches(
                     future.cancel()
 
 
-def _wait(item) -> torch.Tensor:
-    frames, futures = item
+def _wait(item) -> FrameBatch:
+    batch, futures = item
     for future in futures:
         future.result()  # re-raises a reader error in the consumer
-    return frames
+    return batch

@@ -13,11 +13,12 @@ The data order is a function of (seed, epoch) alone, so a run's position is just
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,17 @@ from tqdm import tqdm
 from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
-from pipeline.encode.model import CLIP4Clip, autocast_for, check_model_choice, create_clip4clip
-from pipeline.encode.reader import FrameStore, frames_and_manifest, prefetch_batches, select_videos
+from pipeline.encode.model import PRECISIONS, autocast_for, check_model_choice, create_clip4clip, first_line
+from pipeline.encode.optim import (
+    NO_DECAY_RULES,
+    OPTIMIZERS,
+    SCHEDULES,
+    freeze_clip_layers,
+    lr_factor,
+    make_optimizer,
+    parameter_groups,
+)
+from pipeline.encode.reader import FrameBatch, FrameStore, frames_and_manifest, prefetch_batches, select_videos
 from pipeline.errors import VidretError
 from pipeline.files import sha256_json, write_json
 from pipeline.manifest import read_manifest
@@ -40,50 +50,84 @@ from pipeline.stage import describe_changes, describe_rerun, library_versions, r
 HISTORY_FILE = "history.json"
 
 
+RECIPES_DIR = Path(__file__).with_name("recipes")
+FP16_SMALLEST = 2.0**-24  # the smallest positive float16
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """The optimisation hyper-parameters; every field can be overridden from the command line."""
+    """Every hyper-parameter a reference fixes, from a recipe file (``recipes/NAME.json``, or a path).
+
+    The command line overrides the common ones; a recipe file of your own sets any.
+    """
 
     epochs: int
     batch_size: int  # global: all ranks and accumulation steps together
+    optimizer: str  # optim.OPTIMIZERS: adamw, or bertadam (CLIP4Clip's: no bias correction)
     lr: float  # new modules (the head); also the CLIP towers unless clip_lr is set
     clip_lr: float | None
-    weight_decay: float  # none on biases and normalisation layers
-    warmup: float  # fraction of all steps, linear from warmup_start x lr
-    warmup_start: float
-    beta1: float  # AdamW
+    weight_decay: float
+    no_decay: str  # optim.NO_DECAY_RULES: which parameters escape weight decay (mmengine's or CLIP4Clip's)
+    schedule: str  # optim.SCHEDULES
+    warmup: float  # fraction of all steps
+    warmup_start: float  # learning-rate factor at step 0
+    beta1: float
     beta2: float
     eps: float
     grad_clip: float | None  # max global gradient norm
+    param_grad_clip: float | None  # max gradient norm of each parameter, after the global clip (BertAdam's)
+    freeze_layers: int  # CLIP's embeddings and its first N blocks per tower are frozen; -1: nothing
+    max_logit_scale: float | None  # clamp the logit scale to this after each step; None: never
+    precision: str  # model.PRECISIONS
+    normalize_frames: bool  # L2-normalise frame features before the mean (CLIP4Clip) or not (MMAction2)
 
 
-RECIPES = {
-    # MMAction2 clip4clip_vit-base-p32-res224-clip-pre_8xb16-u12-5e_msrvtt-9k-rgb
-    "mmaction2": Recipe(
-        epochs=5, batch_size=128, lr=1e-5, clip_lr=None, weight_decay=0.05, warmup=0.1, warmup_start=0.05,
-        beta1=0.9, beta2=0.98, eps=1e-8, grad_clip=None,
-    ),
-    # CLIP4Clip's MSR-VTT runs: lr 1e-4 with coef_lr 1e-3 for CLIP, warmup_proportion 0.1, max_grad_norm 1
-    "clip4clip": Recipe(
-        epochs=5, batch_size=128, lr=1e-4, clip_lr=1e-7, weight_decay=0.2, warmup=0.1, warmup_start=0.0,
-        beta1=0.9, beta2=0.98, eps=1e-6, grad_clip=1.0,
-    ),
-}  # fmt: skip
+def available_recipes() -> list[str]:
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.json"))
+
+
+def load_recipe(name: str) -> Recipe:
+    """A shipped recipe by name, or a recipe file by path."""
+    path = Path(name) if name.endswith(".json") else RECIPES_DIR / f"{name}.json"
+    if not path.is_file():
+        raise VidretError(f"unknown recipe {name!r}; choose one of {', '.join(available_recipes())} or a .json file")
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VidretError(f"{path}: not a readable recipe ({first_line(error)})") from None
+    expected = {item.name for item in dataclass_fields(Recipe)}
+    if not isinstance(fields, dict) or fields.keys() != expected:
+        given = set(fields) if isinstance(fields, dict) else set()
+        missing, unknown = (", ".join(sorted(names)) or "none" for names in (expected - given, given - expected))
+        raise VidretError(
+            f"{path}: a recipe needs exactly the fields of Recipe (missing: {missing}; unknown: {unknown})"
+        )
+    return Recipe(**fields)
 
 
 def make_recipe(name: str, **overrides) -> Recipe:
-    if name not in RECIPES:
-        raise VidretError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    recipe = replace(RECIPES[name], **{key: value for key, value in overrides.items() if value is not None})
+    """The recipe ``name`` with the given fields replaced (None leaves a field as the recipe has it)."""
+    recipe = replace(load_recipe(name), **{key: value for key, value in overrides.items() if value is not None})
     checks = [
         (recipe.epochs >= 1, "--epochs must be at least 1"),
         (recipe.batch_size >= 2, "--batch-size must be at least 2 (a contrastive batch needs negatives)"),
         (recipe.lr > 0 and (recipe.clip_lr is None or recipe.clip_lr >= 0), "learning rates must be positive"),
         (0 <= recipe.warmup < 1, "--warmup is a fraction of all steps, in [0, 1)"),
+        (recipe.freeze_layers >= -1, "--freeze-layers is a number of CLIP blocks, or -1 to freeze nothing"),
+        (recipe.precision in PRECISIONS, f"--precision: choose one of {', '.join(PRECISIONS)}"),
+        (recipe.optimizer in OPTIMIZERS, f"optimizer: choose one of {', '.join(OPTIMIZERS)}"),
+        (recipe.schedule in SCHEDULES, f"schedule: choose one of {', '.join(SCHEDULES)}"),
+        (recipe.no_decay in NO_DECAY_RULES, f"no_decay: choose one of {', '.join(NO_DECAY_RULES)}"),
+        (
+            recipe.precision != "fp16" or recipe.eps >= FP16_SMALLEST,
+            f"--precision fp16 keeps the optimiser's moments in fp16, where --eps {recipe.eps:g} is 0 and a zero"
+            f" gradient updates by 0/0; use an eps of at least {FP16_SMALLEST:.2g} (CLIP4Clip's: 1e-6)"
+            " or --precision amp",
+        ),
     ]
     for ok, message in checks:
         if not ok:
-            raise VidretError(message)
+            raise VidretError(f"recipe {name}: {message}")
     return recipe
 
 
@@ -96,7 +140,7 @@ class TrainOptions:
     pretrained: str = "openai"
     head: str = "meanP"
     caption_length: int | None = None  # tokens per caption (CLIP4Clip's max_words); None: the full context
-    recipe: Recipe = field(default_factory=lambda: RECIPES["mmaction2"])
+    recipe: Recipe = field(default_factory=lambda: load_recipe("mmaction2"))
     recipe_name: str = "mmaction2"
     accum_steps: int = 1
     seed: int = 0
@@ -119,7 +163,7 @@ class TrainOptions:
             raise VidretError("--workers and --prefetch must be at least 1")
         if self.resume and self.force:
             raise VidretError("--resume continues a run and --force starts over; pass one of them")
-        check_model_choice(self.model, self.pretrained, self.head, self.caption_length)
+        check_model_choice(self.model, self.pretrained, self.head, self.caption_length, self.recipe.precision)
 
     def run_params(self) -> dict:
         """What determines the trained weights: a resumed run must match these."""
@@ -160,32 +204,6 @@ class TrainSummary:
             f"train: {self.steps} steps ({state}), {self.samples} videos in {self.seconds:.1f} s "
             f"({rate:.1f} videos/s), loss {self.last_loss:.4f}{best} -> {self.out}{why}"
         )
-
-
-def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
-    """Linear warm-up from ``warmup_start`` to 1, then cosine to 0."""
-    warmup_steps = round(recipe.warmup * total_steps)
-    if step < warmup_steps:
-        return recipe.warmup_start + (1 - recipe.warmup_start) * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def parameter_groups(model: CLIP4Clip, recipe: Recipe) -> list[dict]:
-    """Four groups: (CLIP towers | new modules) x (decayed | biases and norms, not decayed)."""
-    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for module_name, module in model.named_modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            if not parameter.requires_grad:
-                continue
-            decay = not (isinstance(module, norm_types) or name.endswith("bias"))
-            groups.setdefault((module_name.startswith("clip"), decay), []).append(parameter)
-    clip_lr = recipe.lr if recipe.clip_lr is None else recipe.clip_lr
-    return [
-        {"params": params, "lr": clip_lr if is_clip else recipe.lr, "weight_decay": recipe.weight_decay * decay}
-        for (is_clip, decay), params in sorted(groups.items())
-    ]
 
 
 def make_loss(world: World) -> ClipLoss:
@@ -252,21 +270,29 @@ class Trainer:
         self.video_ids = [entry.video_id for entry in train.entries for _ in entry.captions]
         captions = [caption for entry in train.entries for caption in entry.captions]
         self._check_batching(len(captions))
+        self.train_views = self.store.shared_num_views(entry.video_id for entry in train.entries)
         self.steps_per_epoch = len(captions) // self.recipe.batch_size
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
 
         seed_everything(options.seed, options.deterministic)
-        self.model = create_clip4clip(options.model, options.pretrained, options.head, options.caption_length)
+        self.model = create_clip4clip(
+            options.model, options.pretrained, options.head, options.caption_length,
+            precision=self.recipe.precision, normalize_frames=self.recipe.normalize_frames,
+        )  # fmt: skip
+        self.frozen = freeze_clip_layers(self.model, self.recipe.freeze_layers)
         every_video = {*self.video_ids, *(entry.video_id for entry in self.val)}
         check_frame_size(self.model, self.store.frame_shape(every_video), Path(options.frames_dir))
         self.model.to(world.device).train()
         self.tokens = self.model.tokenize(captions)
         self.val_tokens = self.model.tokenize(caption_pairs(self.val)[1]) if self.val else None
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, self.recipe), betas=(self.recipe.beta1, self.recipe.beta2), eps=self.recipe.eps
+        recipe = self.recipe
+        groups = parameter_groups(self.model, recipe.lr, recipe.clip_lr, recipe.weight_decay, recipe.no_decay)
+        self.optimizer = make_optimizer(
+            recipe.optimizer, groups, (recipe.beta1, recipe.beta2), recipe.eps, recipe.param_grad_clip
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.total_steps, self.recipe)
+            self.optimizer,
+            lambda step: lr_factor(step, self.total_steps, recipe.schedule, recipe.warmup, recipe.warmup_start),
         )
         self.loss = make_loss(world)
         self.network: nn.Module = self.model
@@ -284,6 +310,7 @@ class Trainer:
             **(inputs or training_inputs(options)),
             "train_videos": len(train.entries),
             "train_samples": len(captions),
+            "train_views": self.train_views,
             "val_videos": len(self.val),
             "skipped": {"train": dict(train.skipped)},
         }
@@ -364,21 +391,21 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.model.clamp_logit_scale()
+        self.model.clamp_logit_scale(self.recipe.max_logit_scale)
         return loss
 
-    def backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def backward(self, batches: list[tuple[FrameBatch, torch.Tensor]]) -> torch.Tensor:
         """Gradients of the global batch's loss, whatever the number of micro-batches."""
         device, network = self.world.device, self.network
         if len(batches) > 1:
-            with torch.no_grad(), autocast_for(device):
-                cached = [network(frames, tokens)[:2] for frames, tokens in batches]
+            with torch.no_grad(), autocast_for(device, self.recipe.precision):
+                cached = [network(frames.frames, tokens, frames.frame_mask)[:2] for frames, tokens in batches]
         for index, (frames, tokens) in enumerate(batches):
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.world.distributed else network.no_sync()
             with sync:
-                with autocast_for(device):
-                    videos, texts, scale = network(frames, tokens)
+                with autocast_for(device, self.recipe.precision):
+                    videos, texts, scale = network(frames.frames, tokens, frames.frame_mask)
                 if len(batches) > 1:
                     videos = torch.cat([videos if i == index else video for i, (video, _) in enumerate(cached)])
                     texts = torch.cat([texts if i == index else text for i, (_, text) in enumerate(cached)])
@@ -389,7 +416,10 @@ class Trainer:
         return loss.detach()
 
     def epoch_batches(self):
-        """(frames, tokens) micro-batches of this rank, from the current position to the epoch's end."""
+        """(frames, tokens) micro-batches of this rank, from the current position to the epoch's end.
+
+        With train views (``vidret decode --train-views K``), epoch e reads view e mod K: every epoch sees
+        other frames, as MMAction2's train-mode sampling draws them afresh."""
         order = epoch_order(self.options.seed, self.epoch, len(self.video_ids))
         batch = self.recipe.batch_size
         parts = [
@@ -403,6 +433,7 @@ class Trainer:
             threads=self.options.workers,
             depth=self.options.prefetch,
             pin_memory=self.world.device.type == "cuda",
+            view=self.epoch % self.train_views,
         )
         for part, video_frames in zip(parts, frames, strict=True):
             yield video_frames, self.tokens[torch.from_numpy(part)]
@@ -514,6 +545,7 @@ class Trainer:
                 "world_size": self.world.size,
                 "device": str(self.world.device),
                 "input": self.input_record,
+                "frozen_parameters": self.frozen,
                 "steps": {"per_epoch": self.steps_per_epoch, "total": self.total_steps},
                 "best": self.best,
                 "history": self.history,
