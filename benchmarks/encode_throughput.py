@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode.writer import FRAMES_PARQUET_OPTIONS  # noqa: E402
 from pipeline.encode.embed import EmbedOptions, embed  # noqa: E402
-from pipeline.encode.model import autocast_for, create_clip4clip  # noqa: E402
+from pipeline.encode.model import create_clip4clip  # noqa: E402
 from pipeline.encode.train import TrainOptions, make_recipe, train  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.manifest import write_manifest  # noqa: E402
@@ -99,14 +99,14 @@ def model_alone(args, device: torch.device) -> dict:
 
     @torch.no_grad()
     def infer():
-        with autocast_for(device):
+        with model.autocast():
             model.encode_video(frames)
 
     text_tokens = model.tokenize([CAPTION.format("first", i) for i in range(TEXT_BATCH)]).to(device)
 
     @torch.no_grad()
     def infer_texts():
-        with autocast_for(device):
+        with model.autocast():
             model.encode_text(text_tokens)
 
     model.eval()
@@ -117,7 +117,7 @@ def model_alone(args, device: torch.device) -> dict:
     loss = ClipLoss()
 
     def step():
-        with autocast_for(device):
+        with model.autocast():
             videos, texts, scale = model(frames, tokens)
         loss(videos.float(), texts.float(), scale.float()).backward()
         optimizer.step()

@@ -56,7 +56,8 @@ def main() -> None:
     print(
         f"make manifest decode encode index DATASET=msrvtt-9k ANNOTATIONS={args.out}/msrvtt_data"
         f" VIDEO_DIR={args.out}/videos MANIFEST={args.out}/msrvtt-9k.jsonl RUN={args.out}/run"
-        ' MODEL=vidret-tiny PRETRAINED=none HEAD=seqTransf FRAMES=4 SIZE=112 DECODE_ARGS="--short-side 112 --train-views 5"'
+        " MODEL=vidret-tiny PRETRAINED=none HEAD=seqTransf FRAMES=4 SIZE=112"
+        ' DECODE_ARGS="--short-side 112 --train-views 5"'
         ' TRAIN_ARGS="--recipe demo --caption-length 32"'
     )
 

@@ -113,12 +113,11 @@ def reference_frames(decoded: list, indices: list[int], spec: FrameSpec) -> np.n
             new_long = int(spec.short_side * long / short)
             width, height = (spec.short_side, new_long) if frame.width <= frame.height else (new_long, spec.short_side)
             top, left = int(round((height - spec.size) / 2.0)), int(round((width - spec.size) / 2.0))
+            frame = frame.reformat(format="rgb24")  # an RGB image resized, as CLIP4Clip resizes
         else:
             scale = spec.short_side / short
             width, height = int(frame.width * scale + 0.5), int(frame.height * scale + 0.5)
             top, left = (height - spec.size) // 2, (width - spec.size) // 2
-        if spec.interpolation == "bicubic":  # an RGB image resized, as CLIP4Clip resizes
-            frame = frame.reformat(format="rgb24")
         interpolation = spec.interpolation.upper()
         image = frame.reformat(width=width, height=height, format="rgb24", interpolation=interpolation).to_ndarray()
         frames.append(image[top : top + spec.size, left : left + spec.size])

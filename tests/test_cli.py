@@ -92,6 +92,12 @@ def test_encode_train_embed_index_and_search(decoded_synthetic, tmp_path):
     params = json.loads((tmp_path / "model" / "stage.json").read_text())["params"]
     assert (params["recipe"], params["precision"], params["freeze_layers"]) == ("mmaction2", "fp16", -1)
     assert params["normalize_frames"] and params["optimizer"] == "adamw"
+    finished = {path.name: path.read_bytes() for path in (tmp_path / "model").iterdir()}
+    refused = vidret("encode", "train", *data, "--out", tmp_path / "model", "--pretrained", "none", "--force",
+                     "--precision", "fp16", "--device", "cpu")  # fmt: skip
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("error: recipe mmaction2: --precision fp16 keeps the optimiser's moments in fp16")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "model").iterdir()} == finished
     assert trained.stdout.splitlines()[-1].startswith("train: 10 steps (1 epochs), 80 videos in ")
     assert "epoch 1/1: loss " in trained.stdout and "val t2v R@1" in trained.stdout
     embedded = vidret(

@@ -16,11 +16,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.encode.checkpoint import LAST_CHECKPOINT, load_model, read_checkpoint, save_checkpoint
+from pipeline.encode.checkpoint import LAST_CHECKPOINT, load_model, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World
 from pipeline.encode.embed import EmbedOptions, embed
+from pipeline.encode.model import create_clip4clip
 from pipeline.encode.reader import FrameStore, prefetch_batches
-from pipeline.encode.train import Trainer, TrainOptions, epoch_order, make_loss, make_recipe, micro_batches, train
+from pipeline.encode.train import (
+    RECIPES_DIR,
+    Recipe,
+    Trainer,
+    TrainOptions,
+    available_recipes,
+    epoch_order,
+    load_recipe,
+    make_loss,
+    make_recipe,
+    micro_batches,
+    train,
+)
 from pipeline.errors import VidretError
 from pipeline.files import write_json
 from pipeline.manifest import read_manifest, write_manifest
@@ -283,6 +296,23 @@ def test_embed_is_skipped_when_up_to_date_and_redone_when_inputs_or_options_chan
     assert other_model.rerun == "its input changed" and "(recomputed: its input changed)" in other_model.line()
     cut = run(batch_size=3, pretrained=str(tmp_path / "weights.pt"), caption_length=6)
     assert cut.rerun == "its input changed" and read_stage(out)["model"]["caption_length"] == 6
+    record = read_stage(out)["model"]
+    assert (record["precision"], record["normalize_frames"], record["force_quick_gelu"]) == ("amp", True, False)
+    raw_mean = run(batch_size=3, pretrained=str(tmp_path / "weights.pt"), caption_length=6, normalize_frames=False)
+    assert raw_mean.rerun == "its input changed" and read_stage(out)["model"]["normalize_frames"] is False
+
+
+def test_zero_shot_options_are_refused_with_a_checkpoint(decoded_synthetic, tmp_path):
+    """A checkpoint's spec fixes its precision and pooling: giving them too is a one-line error."""
+    model = create_clip4clip(MODEL, "none", "meanP")
+    save_checkpoint(tmp_path / "best.pt", model_state(model))
+    data = decoded_synthetic["frames"], decoded_synthetic["manifest"], tmp_path / "emb"
+    for option in ({"precision": "fp16"}, {"normalize_frames": False}):
+        with pytest.raises(VidretError, match="are for zero-shot models; the checkpoint .* fixes them") as error:
+            EmbedOptions(*data, checkpoint=tmp_path / "best.pt", **option)
+        assert "\n" not in str(error.value)
+    with pytest.raises(VidretError, match="--precision 'fp8': choose one of fp32, amp, fp16"):
+        EmbedOptions(*data, model=MODEL, pretrained="none", precision="fp8")
 
 
 def test_zero_shot_meanp_equals_direct_open_clip_on_a_saved_state_dict(decoded_synthetic, tmp_path):
@@ -412,8 +442,6 @@ def _one() -> World:
 def test_every_recipe_file_loads_and_bad_ones_are_one_line_errors(tmp_path):
     """Each shipped recipe (recipes/*.json) loads with every field; a recipe file of one's own works by path;
     a file with a field missing, an unknown field, or a bad value is refused in one line naming it."""
-    from pipeline.encode.train import RECIPES_DIR, Recipe, available_recipes, load_recipe
-
     assert set(available_recipes()) >= {"mmaction2", "clip4clip", "demo"}
     for name in available_recipes():
         assert isinstance(make_recipe(name), Recipe)

@@ -27,7 +27,6 @@ from pipeline.encode.model import (
     HEADS,
     SEQ_TRANSFORMER_LAYERS,
     ModelSpec,
-    autocast_for,
     create_clip4clip,
     quick_gelu_needed,
 )
@@ -562,15 +561,17 @@ def test_seq_transformer_needs_matching_text_transformer(extra_models, name, nee
 
 
 def test_autocast_is_full_precision_on_cpu():
-    """On the CPU, autocast_for is a no-op: features stay float32 and identical."""
-    model = make_model("meanP")
+    """On the CPU, a model's autocast is a no-op, amp or not: features stay float32 and identical."""
     frames = random_frames(1, 2)
-    with torch.no_grad():
-        expected = model.encode_video(frames)
-        with autocast_for(torch.device("cpu")):
-            actual = model.encode_video(frames)
-    assert actual.dtype == torch.float32
-    assert torch.equal(actual, expected)
+    for precision in ("amp", "fp32"):
+        torch.manual_seed(0)
+        model = create_clip4clip(MODEL, "none", "meanP", precision=precision).eval()
+        with torch.no_grad():
+            expected = model.encode_video(frames)
+            with model.autocast():
+                actual = model.encode_video(frames)
+        assert actual.dtype == torch.float32
+        assert torch.equal(actual, expected)
 
 
 # Fidelity to the references: activations, precision, pooling, padded frames, seqTransf's norms, tokens.

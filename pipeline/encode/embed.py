@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.encode.checkpoint import load_model, read_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
-from pipeline.encode.model import CLIP4Clip, ModelSpec, autocast_for, check_model_choice, create_clip4clip
+from pipeline.encode.model import CLIP4Clip, ModelSpec, check_model_choice, create_clip4clip
 from pipeline.encode.reader import (
     FrameStore,
     VideoSelection,
@@ -55,7 +55,7 @@ def embed_videos(
     batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
     rows = []
     for batch in prefetch_batches(store, batches, threads=threads, pin_memory=world.device.type == "cuda"):
-        with autocast_for(world.device, model.spec.precision):
+        with model.autocast():
             rows.append(model.encode_video(batch.frames, batch.frame_mask).float())
         if on_batch:
             on_batch(len(batch.frames) * world.size)
@@ -68,7 +68,7 @@ def embed_texts(model: CLIP4Clip, tokens: torch.Tensor, world: World, batch_size
     mine = tokens[world.rank :: world.size]
     rows = []
     for start in range(0, len(mine), batch_size):
-        with autocast_for(world.device, model.spec.precision):
+        with model.autocast():
             rows.append(model.encode_text(mine[start : start + batch_size]).float())
     return _gather_in_order(rows, world, len(tokens), model.clip.visual.output_dim)
 
@@ -154,7 +154,8 @@ class EmbedOptions:
         if self.workers < 1:
             raise VidretError(f"--workers must be at least 1, got {self.workers}")
         if self.checkpoint is None:
-            check_model_choice(self.model, self.pretrained, self.head, self.caption_length, self.precision or "amp")
+            precision = self.precision or ModelSpec.precision
+            check_model_choice(self.model, self.pretrained, self.head, self.caption_length, precision)
         elif self.caption_length is not None:
             trained_with = read_checkpoint(self.checkpoint).get("spec", {}).get("caption_length")
             raise VidretError(
@@ -201,11 +202,10 @@ def model_source(options: EmbedOptions) -> dict:
     """Where the embedding model comes from, as stage.json records it: a checkpoint by its digest (its spec
     holds the rest), or the zero-shot model's spec."""
     if options.checkpoint is None:
-        defaults = ModelSpec()
-        normalize_frames = defaults.normalize_frames if options.normalize_frames is None else options.normalize_frames
+        normalize_frames = ModelSpec.normalize_frames if options.normalize_frames is None else options.normalize_frames
         spec = {
             "model": options.model, "pretrained": options.pretrained, "head": options.head,
-            "caption_length": options.caption_length, "precision": options.precision or defaults.precision,
+            "caption_length": options.caption_length, "precision": options.precision or ModelSpec.precision,
             "normalize_frames": normalize_frames,
         }  # fmt: skip
         return {"checkpoint": None, **spec}

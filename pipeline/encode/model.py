@@ -82,8 +82,9 @@ class SequenceLSTM(nn.Module):
             return self.lstm(frame_features)[0] + frame_features
         lengths = frame_mask.sum(dim=1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(frame_features, lengths, batch_first=True, enforce_sorted=False)
-        output, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
-        output = torch.cat([output, torch.zeros_like(frame_features[:, output.shape[1] :])], dim=1)
+        output, _ = nn.utils.rnn.pad_packed_sequence(
+            self.lstm(packed)[0], batch_first=True, total_length=frame_features.shape[1]
+        )
         return output + frame_features
 
 
@@ -140,7 +141,6 @@ class CLIP4Clip(nn.Module):
         self.image_size = image_size
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
-        self.tower_dtype = torch.float16 if spec.precision == "fp16" else torch.float32
         self._tokenizer = None  # open_clip's, made on first use; a plain attribute, not in the state dict
 
     @property
@@ -157,6 +157,18 @@ class CLIP4Clip(nn.Module):
         # input; under the causal mask the EOT feature never sees the zeros after it, so padding the cut
         # captions gives the features of CLIP4Clip's truncation.
         return F.pad(tokens, (0, self.context_length - tokens.shape[1]))
+
+    @property
+    def tower_dtype(self) -> torch.dtype:
+        """What the image tower takes: fp16 for OpenAI's half-precision towers, else float32."""
+        return torch.float16 if self.spec.precision == "fp16" else torch.float32
+
+    def autocast(self):
+        """bf16 autocast for ``amp`` on CUDA; otherwise none: on the CPU bf16 is slow and tests compare
+        exactly, and ``fp16`` and ``fp32`` towers compute in their own weights' precision."""
+        if self.pixel_mean.device.type == "cuda" and self.spec.precision == "amp":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def normalize_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``B×T×H×W×3`` → float ``(B·T)×3×H×W``, normalised as open_clip's preprocessing does."""
@@ -224,8 +236,12 @@ def check_model_choice(
             f"(tags: {', '.join(tags) or 'none'}; or 'none')"
         )
     check_caption_length(name, caption_length)
+    check_precision(precision)
+
+
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise VidretError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise VidretError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
 
 
 def config_context_length(name: str) -> int:
@@ -366,11 +382,3 @@ def cuts_captions_exactly(clip: nn.Module) -> bool:
     text = getattr(clip, "text", clip)  # open_clip's CustomTextCLIP keeps the text tower under .text
     pool_type = getattr(text, "text_pool_type", getattr(text, "pool_type", None))
     return getattr(text, "attn_mask", None) is not None and pool_type in ("argmax", "eos")
-
-
-def autocast_for(device: torch.device, precision: str = "amp"):
-    """bf16 autocast for ``amp`` on CUDA; otherwise none: on the CPU bf16 is slow and tests compare exactly,
-    and ``fp16`` and ``fp32`` towers compute in their own weights' precision."""
-    if device.type == "cuda" and precision == "amp":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

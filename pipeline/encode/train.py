@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World, barrier, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
-from pipeline.encode.model import PRECISIONS, autocast_for, check_model_choice, create_clip4clip, first_line
+from pipeline.encode.model import check_model_choice, check_precision, create_clip4clip, first_line
 from pipeline.encode.optim import (
     NO_DECAY_RULES,
     OPTIMIZERS,
@@ -78,7 +78,7 @@ class Recipe:
     param_grad_clip: float | None  # max gradient norm of each parameter, after the global clip (BertAdam's)
     freeze_layers: int  # CLIP's embeddings and its first N blocks per tower are frozen; -1: nothing
     max_logit_scale: float | None  # clamp the logit scale to this after each step; None: never
-    precision: str  # model.PRECISIONS
+    precision: str  # model.PRECISIONS; recorded in the model's spec
     normalize_frames: bool  # L2-normalise frame features before the mean (CLIP4Clip) or not (MMAction2)
 
 
@@ -108,13 +108,13 @@ def load_recipe(name: str) -> Recipe:
 def make_recipe(name: str, **overrides) -> Recipe:
     """The recipe ``name`` with the given fields replaced (None leaves a field as the recipe has it)."""
     recipe = replace(load_recipe(name), **{key: value for key, value in overrides.items() if value is not None})
+    check_precision(recipe.precision)
     checks = [
         (recipe.epochs >= 1, "--epochs must be at least 1"),
         (recipe.batch_size >= 2, "--batch-size must be at least 2 (a contrastive batch needs negatives)"),
         (recipe.lr > 0 and (recipe.clip_lr is None or recipe.clip_lr >= 0), "learning rates must be positive"),
         (0 <= recipe.warmup < 1, "--warmup is a fraction of all steps, in [0, 1)"),
         (recipe.freeze_layers >= -1, "--freeze-layers is a number of CLIP blocks, or -1 to freeze nothing"),
-        (recipe.precision in PRECISIONS, f"--precision: choose one of {', '.join(PRECISIONS)}"),
         (recipe.optimizer in OPTIMIZERS, f"optimizer: choose one of {', '.join(OPTIMIZERS)}"),
         (recipe.schedule in SCHEDULES, f"schedule: choose one of {', '.join(SCHEDULES)}"),
         (recipe.no_decay in NO_DECAY_RULES, f"no_decay: choose one of {', '.join(NO_DECAY_RULES)}"),
@@ -396,16 +396,20 @@ class Trainer:
 
     def backward(self, batches: list[tuple[FrameBatch, torch.Tensor]]) -> torch.Tensor:
         """Gradients of the global batch's loss, whatever the number of micro-batches."""
-        device, network = self.world.device, self.network
+        network = self.network
+
+        def forward(batch: FrameBatch, tokens: torch.Tensor):
+            with self.model.autocast():
+                return network(batch.frames, tokens, batch.frame_mask)
+
         if len(batches) > 1:
-            with torch.no_grad(), autocast_for(device, self.recipe.precision):
-                cached = [network(frames.frames, tokens, frames.frame_mask)[:2] for frames, tokens in batches]
-        for index, (frames, tokens) in enumerate(batches):
+            with torch.no_grad():
+                cached = [forward(batch, tokens)[:2] for batch, tokens in batches]
+        for index, (batch, tokens) in enumerate(batches):
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.world.distributed else network.no_sync()
             with sync:
-                with autocast_for(device, self.recipe.precision):
-                    videos, texts, scale = network(frames.frames, tokens, frames.frame_mask)
+                videos, texts, scale = forward(batch, tokens)
                 if len(batches) > 1:
                     videos = torch.cat([videos if i == index else video for i, (video, _) in enumerate(cached)])
                     texts = torch.cat([texts if i == index else text for i, (_, text) in enumerate(cached)])
@@ -435,8 +439,8 @@ class Trainer:
             pin_memory=self.world.device.type == "cuda",
             view=self.epoch % self.train_views,
         )
-        for part, video_frames in zip(parts, frames, strict=True):
-            yield video_frames, self.tokens[torch.from_numpy(part)]
+        for part, batch in zip(parts, frames, strict=True):
+            yield batch, self.tokens[torch.from_numpy(part)]
 
     def validate(self) -> dict | None:
         if not self.val:
