@@ -8,14 +8,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 VIDRET := $(BIN)/vidret
 
-# A public benchmark, defined in manifests/datasets/DATASET.json (`vidret manifest datasets` lists them):
+# A public benchmark, defined in pipeline/datasets/catalog/DATASET.json (`vidret manifest datasets` lists them):
 #   make manifest DATASET=msrvtt-9k ANNOTATIONS=path/to/annotations VIDEO_DIR=path/to/videos
 #   make decode encode index DATASET=msrvtt-9k
 # The definition's defaults (the model and its weights, frames, crop, sampling, train views, caption
 # length, recipe, test split) replace the CPU defaults below; any variable given on the command line
 # still wins.
 ifdef DATASET
-DEFINITION := manifests/datasets/$(DATASET).json
+DEFINITION := pipeline/datasets/catalog/$(DATASET).json
 ifeq ($(wildcard $(DEFINITION)),)
 $(error DATASET=$(DATASET): no $(DEFINITION); `vidret manifest datasets` lists the known ones)
 endif

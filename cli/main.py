@@ -63,7 +63,8 @@ NormalizeFramesOption = Annotated[
 
 
 def reports_errors(command):
-    """Print a VidretError as one line and exit 1; Ctrl-C exits 130 without a traceback."""
+    """Print a VidretError as one line and exit 1; Ctrl-C exits 130 without a traceback. An OSError no check
+    caught (the disk filled up, ...) is one line too, ``error: PATH: strerror``, and exits 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -71,6 +72,11 @@ def reports_errors(command):
             return command(*args, **kwargs)
         except VidretError as error:
             typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as error:
+            from pipeline.errors import os_error_line
+
+            typer.echo(f"error: {os_error_line(error)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished work is kept; run the same command again to continue", err=True)
@@ -96,7 +102,7 @@ def manifest_check(
 @manifest_app.command("build")
 @reports_errors
 def manifest_build(
-    dataset: Annotated[str, typer.Argument(help="A benchmark in manifests/datasets/ (vidret manifest datasets).")],
+    dataset: Annotated[str, typer.Argument(help="A benchmark vidret knows (vidret manifest datasets lists them).")],
     annotations: Annotated[Path, typer.Option(help="The folder holding the benchmark's annotation files.")],
     videos: Annotated[Path, typer.Option(help="The folder holding its videos (searched recursively).")],
     out: Annotated[Path | None, typer.Option(help="The manifest to write; default manifests/DATASET.jsonl.")] = None,

@@ -1,15 +1,17 @@
-"""``vidret bench``: run the benchmarks in ``benchmarks/`` and collect their figures in one file.
+"""``vidret bench``: run the benchmarks in ``pipeline.benchmarks`` and collect their figures in one file.
 
 Each part is a script that measures a stage against its floor within one run, so
 every comparison is a ratio taken on the same machine at the same time:
 
-- decode: ``decode_throughput.py``, vidret against a PyAV floor and three common loaders;
-- encode: ``encode_throughput.py``, the train and embed pipelines against the model alone;
-- index: ``index_scaling.py``, blockwise ranks against the bare similarity products, and FAISS.
+- decode: ``decode_throughput``, vidret against a PyAV floor and three common loaders;
+- encode: ``encode_throughput``, the train and embed pipelines against the model alone;
+- index: ``index_scaling``, blockwise ranks against the bare similarity products, and FAISS.
 
-The scripts run as child processes (a fresh interpreter each, so a part's peak
-memory is its own) with sizes chosen for the device: a CPU gets the tiny model and
-small corpora, so that the whole run takes minutes. ``bench.json`` holds the
+The scripts run as child processes (``python -m pipeline.benchmarks.NAME``, a fresh
+interpreter each, so a part's peak memory is its own) in the working directory, with
+sizes chosen for the device: a CPU gets the tiny model and small corpora, so that the
+whole run takes minutes. The children import the same ``pipeline`` as this process,
+from a checkout or an installed wheel alike. ``bench.json`` holds the
 machine, each part's command and raw results, and the summary rows that
 ``bench_table`` prints.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import site
 import subprocess
 import sys
 import tempfile
@@ -30,8 +33,9 @@ from pathlib import Path
 from pipeline.errors import VidretError
 from pipeline.files import write_json
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = {"decode": "decode_throughput.py", "encode": "encode_throughput.py", "index": "index_scaling.py"}
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding pipeline/: a checkout or site-packages
+# Each part's module in pipeline.benchmarks (package code, so an installed wheel has them too).
+SCRIPTS = {"decode": "decode_throughput", "encode": "encode_throughput", "index": "index_scaling"}
 # Each part's arguments per setting (the script's --out is added). Decode is CPU work on any machine.
 ARGUMENTS = {
     "decode": {
@@ -88,7 +92,16 @@ def _cpuinfo() -> list[str]:
 
 def part_command(part: str, setting: str, out: Path) -> list[str]:
     arguments = ARGUMENTS[part].get(setting, ARGUMENTS[part]["cpu"]).split()
-    return [sys.executable, str(BENCHMARKS_DIR / SCRIPTS[part]), *arguments, "--out", str(out)]
+    return [sys.executable, "-m", f"pipeline.benchmarks.{SCRIPTS[part]}", *arguments, "--out", str(out)]
+
+
+def part_environment() -> dict[str, str]:
+    """The parts' environment: they import this process's ``pipeline`` (its folder first on their path unless
+    it is a site-packages folder, which they have anyway), never one in the working directory (PYTHONSAFEPATH)."""
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    if PACKAGE_ROOT not in {Path(folder).resolve() for folder in site.getsitepackages()}:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    return env
 
 
 def run_bench(options: BenchOptions) -> dict:
@@ -102,9 +115,7 @@ def run_bench(options: BenchOptions) -> dict:
             out = Path(scratch) / f"{part}.json"
             command = part_command(part, setting, out)
             started = time.perf_counter()
-            finished = subprocess.run(
-                command, cwd=BENCHMARKS_DIR.parent, capture_output=not options.progress, text=True
-            )
+            finished = subprocess.run(command, env=part_environment(), capture_output=not options.progress, text=True)
             if finished.returncode != 0:
                 last_line = (finished.stderr or "").strip().splitlines()[-1:] if not options.progress else []
                 why = f"exit {finished.returncode}{': ' + last_line[0] if last_line else ''}"

@@ -36,13 +36,17 @@ class ManifestEntry:
 
 def read_manifest(manifest: Path | str, video_root: Path | str | None = None) -> list[ManifestEntry]:
     """Parse and validate a manifest; raise ManifestError naming file and line."""
+    from pipeline.errors import path_error, shown_path
+
     manifest = Path(manifest)
     try:
         lines = manifest.read_bytes().split(b"\n")
     except FileNotFoundError:
-        raise ManifestError(f"{manifest}: no such manifest file") from None
+        raise ManifestError(f"{shown_path(manifest)}: no such manifest file") from None
     except IsADirectoryError:
-        raise ManifestError(f"{manifest}: is a directory, expected a JSON Lines manifest file") from None
+        raise ManifestError(f"{shown_path(manifest)}: is a directory, expected a JSON Lines manifest file") from None
+    except (OSError, ValueError) as error:  # a symlink loop, a NUL byte in the path, no permission, ...
+        raise ManifestError(str(path_error(manifest, error, "manifest"))) from None
     base = Path(video_root) if video_root is not None else manifest.parent
     entries: list[ManifestEntry] = []
     first_line_of: dict[str, int] = {}

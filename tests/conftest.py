@@ -14,6 +14,14 @@ from pipeline.synth import SynthOptions, make_synthetic_dataset
 from helpers import CODECS, make_audio_only, make_stream_without_frames, make_video, scramble_mp4_data
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: a test that takes tens of seconds or more (torchrun, vidret bench, building and installing the"
+        " wheel); `pytest -m 'not slow'` is the quick loop, `make test` runs them all",
+    )
+
+
 @pytest.fixture(scope="session")
 def codec_videos(tmp_path_factory) -> dict[str, Path]:
     """One 48-frame 320x240 clip per codec/container."""

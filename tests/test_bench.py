@@ -1,13 +1,16 @@
 """vidret bench: the benchmark scripts run as parts, and their figures land in bench.json and the table."""
 
+import importlib.util
 import json
+import subprocess
 
 import pytest
 
-from pipeline.bench import SCRIPTS, BenchOptions, bench_table, run_bench
+from pipeline.bench import ARGUMENTS, SCRIPTS, BenchOptions, bench_table, part_command, part_environment, run_bench
 from pipeline.errors import VidretError
 
 
+@pytest.mark.slow
 def test_quick_index_and_encode_parts_write_bench_json(tmp_path):
     out = tmp_path / "results" / "bench.json"  # a folder that does not exist yet
     results = run_bench(BenchOptions(out=out, parts=("index", "encode"), quick=True, progress=False))
@@ -40,16 +43,31 @@ def test_quick_index_and_encode_parts_write_bench_json(tmp_path):
     assert any(line.startswith("encode ") and "pipeline / model alone" in line for line in table)
 
 
-def test_unknown_part_is_refused():
-    with pytest.raises(VidretError, match=r"unknown benchmark part \['ranks'\]"):
+def test_unknown_part_is_refused_and_every_part_is_a_module_its_child_imports(tmp_path):
+    expected = r"unknown benchmark part \['ranks'\] \(expected some of decode, encode, index\)"
+    with pytest.raises(VidretError, match=expected):
         BenchOptions(parts=("index", "ranks"))
-    assert set(SCRIPTS) == {"decode", "encode", "index"}
+    assert BenchOptions().parts == tuple(SCRIPTS) == tuple(ARGUMENTS)  # the default runs every part
+    for part in SCRIPTS:
+        command = part_command(part, "quick", tmp_path / f"{part}.json")
+        assert command[1:3] == ["-m", f"pipeline.benchmarks.{SCRIPTS[part]}"]
+        assert command[-2:] == ["--out", str(tmp_path / f"{part}.json")]
+        assert importlib.util.find_spec(command[2]) is not None, command[2]
+    # The parts import this process's pipeline, not one in their working directory.
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "__init__.py").write_text("raise ImportError('the working directory holds this one')\n")
+    ran = subprocess.run(
+        [command[0], "-c", "import pipeline.benchmarks, pipeline; print(pipeline.__file__)"],
+        cwd=tmp_path, env=part_environment(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0 and ran.stdout.strip() == importlib.util.find_spec("pipeline").origin, ran.stderr
 
 
+@pytest.mark.slow
 def test_decode_benchmark_rows_and_the_stage_against_read_video(tmp_path, monkeypatch):
     """The decode benchmark's measurements on two short clips, without the OpenCV baselines
     (a bench-only dependency): every ratio is recomputed from the raw times."""
-    import decode_throughput as bench
+    from pipeline.benchmarks import decode_throughput as bench
 
     monkeypatch.setattr(bench, "SECONDS", 2)  # 60-frame clips keep the test short
     paths = bench.make_corpus(tmp_path / "clips", clips=2, hd_clips=0)["msrvtt-like 320x240"]

@@ -561,17 +561,24 @@ def test_seq_transformer_needs_matching_text_transformer(extra_models, name, nee
 
 
 def test_autocast_is_full_precision_on_cpu():
-    """On the CPU, a model's autocast is a no-op, amp or not: features stay float32 and identical."""
-    frames = random_frames(1, 2)
+    """On the CPU, amp computes in float32: inside the model's autocast no autocast is enabled, and an amp
+    model's video and text features are float32 and equal, bit for bit, those of an fp32 model with the same
+    weights. A bf16 autocast would change them (checked last, so the comparison is known to see it)."""
+    frames, captions = random_frames(2, 3), tokens(LONG, "a dog")
+    features = {}
     for precision in ("amp", "fp32"):
         torch.manual_seed(0)
-        model = create_clip4clip(MODEL, "none", "meanP", precision=precision).eval()
-        with torch.no_grad():
-            expected = model.encode_video(frames)
-            with model.autocast():
-                actual = model.encode_video(frames)
-        assert actual.dtype == torch.float32
-        assert torch.equal(actual, expected)
+        model = create_clip4clip(MODEL, "none", "seqTransf", precision=precision).eval()
+        with torch.no_grad(), model.autocast():
+            assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+            features[precision] = model.encode_video(frames), model.encode_text(captions)
+    for amp, fp32 in zip(features["amp"], features["fp32"], strict=True):
+        assert amp.dtype == fp32.dtype == torch.float32
+        assert torch.equal(amp, fp32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.encode_video(frames), model.encode_text(captions)
+    for lower, fp32 in zip(bf16, features["fp32"], strict=True):
+        assert not torch.equal(lower.float(), fp32)
 
 
 # Fidelity to the references: activations, precision, pooling, padded frames, seqTransf's norms, tokens.

@@ -51,7 +51,7 @@ def test_manifest_target_and_unknown_dataset():
     (build,) = planned_commands("manifest", "DATASET=lsmdc", "ANNOTATIONS=ann", "VIDEO_DIR=vids")
     assert build.endswith("vidret manifest build lsmdc --annotations ann --videos vids --out manifests/lsmdc.jsonl")
     made = subprocess.run(["make", "-n", "decode", "DATASET=nope"], cwd=ROOT, capture_output=True, text=True)
-    assert made.returncode != 0 and "DATASET=nope: no manifests/datasets/nope.json" in made.stderr
+    assert made.returncode != 0 and "DATASET=nope: no pipeline/datasets/catalog/nope.json" in made.stderr
 
 
 def test_bench_target_installs_the_bench_extra_and_runs_vidret_bench():

@@ -1,4 +1,4 @@
-"""The public benchmarks: their definitions (manifests/datasets/), readers for their official
+"""The public benchmarks: their definitions (pipeline/datasets/catalog/), readers for their official
 annotation formats, and the manifest builder behind ``vidret manifest build``."""
 
 from pipeline.datasets.build import ManifestBuildSummary, Problem, build_manifest

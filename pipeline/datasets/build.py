@@ -134,7 +134,7 @@ def build_manifest(dataset: str, annotations: Path | str, videos: Path | str, ou
     """Build ``out`` (default ``manifests/DATASET.jsonl``) and its build report; return the summary."""
     started = time.perf_counter()
     definition = load_definition(dataset)
-    out = Path(out) if out is not None else definition.path.parent.parent / f"{dataset}.jsonl"
+    out = Path(out) if out is not None else Path("manifests") / f"{dataset}.jsonl"
     annotations = Path(annotations)
     layout, files = choose_layout(definition, annotations)
     listings = READERS[layout.format](files)

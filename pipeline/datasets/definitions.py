@@ -1,4 +1,4 @@
-"""Dataset definitions: data files in manifests/datasets/, one per benchmark.
+"""Dataset definitions: data files in pipeline/datasets/catalog/ (shipped in the package), one per benchmark.
 
 A definition names the annotation files of each layout the benchmark is
 distributed in (``layouts``: the first whose files are all present is used),
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.datasets.formats import READERS, SPLIT_ROLES, DatasetError
 
-DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "manifests" / "datasets"
+DEFINITIONS_DIR = Path(__file__).resolve().with_name("catalog")  # package data: found in an installed wheel too
 DEFAULT_KEYS = tuple(
     "model pretrained frames size short_side sampling interpolation train_views caption_length recipe"
     " train_split val_split test_split".split()
@@ -47,7 +47,7 @@ def available_datasets() -> list[str]:
 
 
 def load_definition(name: str) -> DatasetDefinition:
-    """The definition ``manifests/datasets/NAME.json``; an error naming the known datasets otherwise."""
+    """The definition ``catalog/NAME.json`` beside this module; an error naming the known datasets otherwise."""
     path = DEFINITIONS_DIR / f"{name}.json"
     if not path.is_file():
         known = ", ".join(available_datasets()) or f"none in {DEFINITIONS_DIR}"

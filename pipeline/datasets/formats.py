@@ -1,7 +1,7 @@
 """Readers for the benchmarks' official annotation formats.
 
 A reader takes one layout's annotation files (``{role: path}``, the roles named
-in the dataset's definition under manifests/datasets/) and returns, per
+in the dataset's definition under pipeline/datasets/catalog/) and returns, per
 manifest split, a ``Listing`` for every time the files list a video, in file
 order, so that the builder can report a video listed twice. Captions come back
 as written; the builder drops and reports empty ones.

@@ -67,26 +67,29 @@ class DecodeOptions:
     seed: int = 0  # of the train-mode draws
 
     def __post_init__(self) -> None:
-        if self.shard_size < 1:
-            raise VidretError(f"--shard-size must be at least 1, got {self.shard_size}")
-        if self.workers < 1:
-            raise VidretError(f"--workers must be at least 1, got {self.workers}")
-        if self.timeout <= 0:
-            raise VidretError(f"--timeout must be positive, got {self.timeout}")
+        from pipeline.errors import check_number
+        from pipeline.manifest import parse_splits
+
+        parse_splits(self.split)  # before the manifest is read
+        check_number("--shard-size", self.shard_size, integer=True, at_least=1)
+        check_number("--workers", self.workers, integer=True, at_least=1)
+        check_number("--timeout", self.timeout, above=0)  # NaN and infinity included
+        # The wait for a decoder's result takes the timeout in milliseconds in a C int (24 days at most).
+        check_number("--timeout", self.timeout, at_most=1_000_000)
+        check_number("--num-shards", self.num_shards, integer=True, at_least=1)
+        check_number("--shard-index", self.shard_index, integer=True)
+        check_number("--train-views", self.train_views, integer=True, at_least=0)
+        check_number("--seed", self.seed, integer=True, at_least=0)
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise VidretError(
                 f"--shard-index must be in [0, {self.num_shards}) with --num-shards {self.num_shards},"
                 f" got {self.shard_index}"
             )
-        if self.train_views < 0:
-            raise VidretError(f"--train-views must be at least 0, got {self.train_views}")
         if self.train_views and self.spec.sampling != "uniform":
             raise VidretError(
                 f"--train-views needs --sampling uniform (MMAction2's train mode), got {self.spec.sampling!r},"
                 " which has no train mode"
             )
-        if self.seed < 0:
-            raise VidretError(f"--seed must be at least 0, got {self.seed}")
 
     def output_params(self) -> dict:
         """The options that determine the output: a change means different frames.

@@ -60,14 +60,20 @@ class FrameSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1:
-            raise VidretError(f"frames per video must be at least 1, got {self.num_frames}")
-        if self.size < 1:
-            raise VidretError(f"size must be at least 1, got {self.size}")
+        from pipeline.errors import check_number
+
+        check_number("--frames", self.num_frames, integer=True, at_least=1)
+        check_number("--size", self.size, integer=True, at_least=1)
         if self.short_side is None:
             object.__setattr__(self, "short_side", round(self.size * 256 / 224))
+        check_number("--short-side", self.short_side, integer=True)
         if self.short_side < self.size:
             raise VidretError(f"short side {self.short_side} is smaller than the crop size {self.size}")
+        if self.frame_bytes >= 2**31:  # a video's frames are one Parquet binary value, under 2 GiB
+            raise VidretError(
+                f"--frames {self.num_frames} of {self.size}x{self.size} make {self.frame_bytes / 2**30:.1f} GiB a"
+                " video, over the 2 GiB Parquet stores in one value; use fewer frames or a smaller --size"
+            )
         if self.sampling not in SAMPLINGS:
             raise VidretError(f"unknown sampling {self.sampling!r} (expected one of {', '.join(SAMPLINGS)})")
         if self.decoder not in DECODERS:

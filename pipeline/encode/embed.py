@@ -149,10 +149,15 @@ class EmbedOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise VidretError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise VidretError(f"--workers must be at least 1, got {self.workers}")
+        from pipeline.errors import check_number, check_path
+
+        for path, what in ((self.frames_dir, "frames directory"), (self.manifest, "manifest"),
+                           (self.out, "output folder"), (self.checkpoint, "checkpoint"),
+                           (self.video_root, "video root")):  # fmt: skip
+            if path is not None:
+                check_path(path, what)
+        check_number("--batch-size", self.batch_size, integer=True, at_least=1)
+        check_number("--workers", self.workers, integer=True, at_least=1)
         if self.checkpoint is None:
             precision = self.precision or ModelSpec.precision
             check_model_choice(self.model, self.pretrained, self.head, self.caption_length, precision)

@@ -199,7 +199,14 @@ def select_videos(
 def frames_and_manifest(frames_dir: Path | str, manifest: Path | str) -> dict:
     """What a stage reading decoded frames records of its inputs: both paths, the frames' decode
     fingerprint and the manifest's SHA-256."""
+    from pipeline.errors import check_path, shown_path
+    from pipeline.manifest import read_manifest
+
     frames_dir, manifest = Path(frames_dir), Path(manifest)
+    check_path(frames_dir, "frames directory")  # a NUL byte or a symlink loop: one line, not a traceback
+    if not frames_dir.is_dir():
+        raise VidretError(f"{shown_path(frames_dir)}: no such frames directory (run `vidret decode` first)")
+    read_manifest(manifest)  # refuses a missing, unreadable or malformed manifest in one line before hashing it
     return {
         "frames": str(frames_dir.absolute()),
         "frames_fingerprint": (read_stage(frames_dir) or {}).get("input", {}).get("fingerprint"),

@@ -102,22 +102,27 @@ def load_recipe(name: str) -> Recipe:
         raise VidretError(
             f"{path}: a recipe needs exactly the fields of Recipe (missing: {missing}; unknown: {unknown})"
         )
-    return Recipe(**fields)
+    recipe = Recipe(**fields)
+    check_recipe_fields(recipe, name)
+    return recipe
 
 
 def make_recipe(name: str, **overrides) -> Recipe:
     """The recipe ``name`` with the given fields replaced (None leaves a field as the recipe has it)."""
-    recipe = replace(load_recipe(name), **{key: value for key, value in overrides.items() if value is not None})
-    check_precision(recipe.precision)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    recipe = replace(load_recipe(name), **given)
+    check_recipe_fields(recipe, name, given)
     checks = [
-        (recipe.epochs >= 1, "--epochs must be at least 1"),
-        (recipe.batch_size >= 2, "--batch-size must be at least 2 (a contrastive batch needs negatives)"),
-        (recipe.lr > 0 and (recipe.clip_lr is None or recipe.clip_lr >= 0), "learning rates must be positive"),
-        (0 <= recipe.warmup < 1, "--warmup is a fraction of all steps, in [0, 1)"),
-        (recipe.freeze_layers >= -1, "--freeze-layers is a number of CLIP blocks, or -1 to freeze nothing"),
-        (recipe.optimizer in OPTIMIZERS, f"optimizer: choose one of {', '.join(OPTIMIZERS)}"),
-        (recipe.schedule in SCHEDULES, f"schedule: choose one of {', '.join(SCHEDULES)}"),
-        (recipe.no_decay in NO_DECAY_RULES, f"no_decay: choose one of {', '.join(NO_DECAY_RULES)}"),
+        (
+            recipe.schedule != "warmup_cosine" or recipe.warmup_start == 0,
+            f"{recipe_field_name('warmup_start', given)} must be 0 with the warmup_cosine schedule, which warms up"
+            f" from 0; got {recipe.warmup_start:g}",
+        ),
+        (
+            recipe.optimizer != "adamw" or not recipe.param_grad_clip,
+            "param_grad_clip clips each parameter's gradient inside BertAdam; the adamw optimizer has no such step"
+            f" (set it to null), got {recipe.param_grad_clip}",
+        ),
         (
             recipe.precision != "fp16" or recipe.eps >= FP16_SMALLEST,
             f"--precision fp16 keeps the optimiser's moments in fp16, where --eps {recipe.eps:g} is 0 and a zero"
@@ -129,6 +134,69 @@ def make_recipe(name: str, **overrides) -> Recipe:
         if not ok:
             raise VidretError(f"recipe {name}: {message}")
     return recipe
+
+
+# Each number field of Recipe: (integer, bounds, may be None, why); see pipeline.errors.number_problem.
+RECIPE_NUMBERS = {
+    "epochs": (True, {"at_least": 1}, False, ""),
+    "batch_size": (True, {"at_least": 2}, False, "a contrastive batch needs negatives"),
+    "lr": (False, {"above": 0}, False, ""),
+    "clip_lr": (False, {"at_least": 0}, True, ""),
+    "weight_decay": (False, {"at_least": 0}, False, ""),
+    "warmup": (False, {"at_least": 0, "below": 1}, False, "a fraction of all steps"),
+    "warmup_start": (False, {"at_least": 0, "at_most": 1}, False, "the learning-rate factor at step 0"),
+    "beta1": (False, {"at_least": 0, "below": 1}, False, ""),
+    "beta2": (False, {"at_least": 0, "below": 1}, False, ""),
+    "eps": (False, {"above": 0}, False, ""),
+    "grad_clip": (False, {"at_least": 0}, True, "0 or null: no clipping"),  # a negative max ascends
+    "param_grad_clip": (False, {"at_least": 0}, True, "0 or null: no clipping"),
+    "freeze_layers": (True, {"at_least": -1}, False, "a number of CLIP blocks, or -1 to freeze nothing"),
+    "max_logit_scale": (False, {"above": 0}, True, "null: no clamp"),
+}
+# The Recipe fields `vidret encode train` has an option for.
+RECIPE_FLAGS = {
+    "epochs", "batch_size", "lr", "clip_lr", "weight_decay", "warmup", "warmup_start", "beta1", "beta2", "eps",
+    "grad_clip", "freeze_layers", "precision", "normalize_frames",
+}  # fmt: skip
+
+
+def recipe_field_name(field_name: str, given: dict | set = ()) -> str:
+    """A Recipe field as a message names it: the option when the command line ``given`` it, the field (and its
+    option, where there is one) when it comes from the recipe file."""
+    flag = "--" + field_name.replace("_", "-") if field_name in RECIPE_FLAGS else None
+    if flag and field_name in given:
+        return flag
+    return f"{field_name} ({flag})" if flag else field_name
+
+
+def check_recipe_fields(recipe: Recipe, name: str, given: dict | set = ()) -> None:
+    """Refuse a Recipe field of the wrong type, out of its range or not one of its choices, in one line naming
+    the recipe and the field (``given``: the fields the command line set)."""
+    from pipeline.errors import number_problem
+
+    for field_name, (integer, bounds, optional, why) in RECIPE_NUMBERS.items():
+        value = getattr(recipe, field_name)
+        problem = None if optional and value is None else number_problem(value, integer=integer, **bounds)
+        if problem:
+            why = f" ({why})" if why else ""
+            raise VidretError(f"recipe {name}: {recipe_field_name(field_name, given)} {problem}{why}")
+    try:
+        check_precision(recipe.precision)
+    except VidretError as error:
+        raise VidretError(f"recipe {name}: {error}") from None
+    choices = {"optimizer": OPTIMIZERS, "no_decay": NO_DECAY_RULES, "schedule": SCHEDULES}
+    for field_name, allowed in choices.items():
+        value = getattr(recipe, field_name)
+        if not isinstance(value, str) or value not in allowed:
+            raise VidretError(
+                f"recipe {name}: {recipe_field_name(field_name, given)}: choose one of {', '.join(allowed)},"
+                f" got {value!r}"
+            )
+    if not isinstance(recipe.normalize_frames, bool):
+        raise VidretError(
+            f"recipe {name}: {recipe_field_name('normalize_frames', given)} must be true or false,"
+            f" got {recipe.normalize_frames!r}"
+        )
 
 
 @dataclass
@@ -157,10 +225,19 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.accum_steps < 1:
-            raise VidretError(f"--accum-steps must be at least 1, got {self.accum_steps}")
-        if self.workers < 1 or self.prefetch < 1:
-            raise VidretError("--workers and --prefetch must be at least 1")
+        from pipeline.errors import check_number, check_path
+
+        for path, what in ((self.frames_dir, "frames directory"), (self.manifest, "manifest"),
+                           (self.out, "output folder"), (self.video_root, "video root")):  # fmt: skip
+            if path is not None:
+                check_path(path, what)
+        for name, value in (("--accum-steps", self.accum_steps), ("--workers", self.workers),
+                            ("--prefetch", self.prefetch), ("--eval-batch-size", self.eval_batch_size)):  # fmt: skip
+            check_number(name, value, integer=True, at_least=1)
+        check_number("--save-every", self.save_every, integer=True, at_least=0)
+        if self.stop_after is not None:
+            check_number("--stop-after", self.stop_after, integer=True, at_least=1)
+        check_number("--seed", self.seed, integer=True, at_least=0, below=2**32)  # numpy's seeds
         if self.resume and self.force:
             raise VidretError("--resume continues a run and --force starts over; pass one of them")
         check_model_choice(self.model, self.pretrained, self.head, self.caption_length, self.recipe.precision)

@@ -65,12 +65,18 @@ class IndexOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise VidretError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.block_size < 1:
-            raise VidretError(f"--block-size must be at least 1, got {self.block_size}")
-        if self.dsl_scale <= 0:
-            raise VidretError(f"--dsl-scale must be positive, got {self.dsl_scale}")
+        from pipeline.errors import check_number, check_path, shown_path
+
+        check_number("--top-k", self.top_k, integer=True, at_least=1)
+        check_number("--block-size", self.block_size, integer=True, at_least=1)
+        # NaN or infinity ranked every query first (R@1 100, MdR 0) and wrote a bare NaN to metrics.json; so
+        # did a scale past float32's range (3.4e38), where the softmax is computed.
+        check_number("--dsl-scale", self.dsl_scale, above=0)
+        check_number("--dsl-scale", self.dsl_scale, at_most=1e30)
+        if self.dump is not None:
+            check_path(self.dump, "--dump file")
+            if Path(self.dump).is_dir():
+                raise VidretError(f"--dump {shown_path(self.dump)}: is a directory; give the pickle file to write")
 
     def output_params(self) -> dict:
         """The options that determine the output (block size and device only change the speed)."""

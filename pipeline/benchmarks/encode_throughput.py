@@ -1,7 +1,7 @@
 """Encode-stage throughput: the pipeline against the model alone, measured in one process.
 
-    python benchmarks/encode_throughput.py --model vidret-tiny --device cpu          # this CPU
-    python benchmarks/encode_throughput.py --model ViT-B-32 --batch-size 128         # a GPU
+    python -m pipeline.benchmarks.encode_throughput --model vidret-tiny --device cpu   # this CPU
+    python -m pipeline.benchmarks.encode_throughput --model ViT-B-32 --batch-size 128  # a GPU
 
 It writes a frames directory of random clips (the decode contract, no videos needed),
 then measures, in this order and on the same device:
@@ -24,7 +24,6 @@ import argparse
 import json
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,16 +34,14 @@ import pyarrow.parquet as pq
 import torch
 from open_clip.loss import ClipLoss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.decode.writer import FRAMES_PARQUET_OPTIONS  # noqa: E402
-from pipeline.encode.embed import EmbedOptions, embed  # noqa: E402
-from pipeline.encode.model import create_clip4clip  # noqa: E402
-from pipeline.encode.train import TrainOptions, make_recipe, train  # noqa: E402
-from pipeline.files import write_json  # noqa: E402
-from pipeline.manifest import write_manifest  # noqa: E402
-from pipeline.schemas import FRAMES_SCHEMA, STATUS_SCHEMA  # noqa: E402
-from pipeline.stage import write_stage  # noqa: E402
+from pipeline.decode.writer import FRAMES_PARQUET_OPTIONS
+from pipeline.encode.embed import EmbedOptions, embed
+from pipeline.encode.model import create_clip4clip
+from pipeline.encode.train import TrainOptions, make_recipe, train
+from pipeline.files import write_json
+from pipeline.manifest import write_manifest
+from pipeline.schemas import FRAMES_SCHEMA, STATUS_SCHEMA
+from pipeline.stage import write_stage
 
 CAPTION = "a {} clip number {} of a person doing something in a room"
 TEXT_BATCH = 256  # embed_texts' batch

@@ -7,7 +7,7 @@ DATASET=msrvtt-9k`` runs exactly as it would on the real files. The synthetic tr
 val clips make the 9k split (every caption a training sample), the test clips 1k-A
 (one sentence each).
 
-    .venv/bin/python benchmarks/msrvtt_rehearsal.py data/synthetic /tmp/msrvtt-rehearsal
+    .venv/bin/python -m pipeline.benchmarks.msrvtt_rehearsal data/synthetic /tmp/msrvtt-rehearsal
 
 then run the make command it prints (a CPU-sized model; the real recipe is the README's).
 """

@@ -23,7 +23,7 @@ is the steadier of the two. The corpus (MSR-VTT-like clips: 15 s,
 texture; and a few 1080p clips) is written once to --cache.
 
     .venv/bin/pip install -e '.[bench]'   # opencv-python-headless, for the OpenCV baselines
-    .venv/bin/python benchmarks/decode_throughput.py [--clips 24] [--hd-clips 3] [--workers 1 2] [--out FILE]
+    .venv/bin/python -m pipeline.benchmarks.decode_throughput [--clips 24] [--hd-clips 3] [--workers 1 2] [--out FILE]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the synthetic demo clips (flat colours, very compressible) and "natural"
 clips: panning 1/f-noise textures, which have natural images' power
 spectrum, encoded with H.264 so the decoded frames carry real codec artefacts.
 
-    .venv/bin/python benchmarks/parquet_codecs.py [--videos 24]
+    .venv/bin/python -m pipeline.benchmarks.parquet_codecs [--videos 24]
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.benchmarks.decode_throughput import pink_noise  # the same natural-image texture
 from pipeline.decode.reader import FrameSpec, read_video
 from pipeline.decode.worker import DecodeResult
 from pipeline.decode.writer import FRAMES_PARQUET_OPTIONS, frames_table
 from pipeline.schemas import FRAMES_SCHEMA
 from pipeline.synth import SynthOptions, plan_dataset, render_frames, write_video
-
-from decode_throughput import pink_noise  # the same natural-image texture (this folder is on sys.path)
 
 CODECS = [("none", None), ("snappy", None), ("lz4", None), ("zstd", 1), ("zstd", 3), ("gzip", None)]
 

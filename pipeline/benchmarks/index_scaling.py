@@ -1,6 +1,6 @@
 """Index-stage scaling: blockwise ranks for N captions x N videos, against baselines in the same process.
 
-    python benchmarks/index_scaling.py --sizes 1000 10000 100000 --dim 512
+    python -m pipeline.benchmarks.index_scaling --sizes 1000 10000 100000 --dim 512
 
 Each size runs in a fresh child process, so its peak resident memory is its own. Per size:
 
@@ -29,11 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.files import write_json  # noqa: E402
-from pipeline.index.faiss_index import build_index, search  # noqa: E402
-from pipeline.metrics import retrieval_ranks  # noqa: E402
+from pipeline.files import write_json
+from pipeline.index.faiss_index import build_index, search
+from pipeline.metrics import retrieval_ranks
 
 
 def unit(matrix: np.ndarray) -> np.ndarray:
@@ -95,7 +93,7 @@ def main() -> None:
 
     results = []
     for size in args.sizes:
-        child = [sys.executable, __file__, "--one", str(size), "--dim", str(args.dim)]
+        child = [sys.executable, "-m", "pipeline.benchmarks.index_scaling", "--one", str(size), "--dim", str(args.dim)]
         child += ["--block-size", str(args.block_size), "--full-limit-gb", str(args.full_limit_gb)]
         child += ["--dsl"] if args.dsl else []
         result = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)

@@ -1,0 +1,1 @@
+"""The benchmark scripts: run each as ``python -m pipeline.benchmarks.NAME``; ``vidret bench`` runs three of them."""
