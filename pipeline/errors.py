@@ -22,9 +22,9 @@ def path_error(path, error: OSError | ValueError, what: str) -> VidretError:
     """One line for a ``path`` (the ``what``: "manifest", "frames directory") the system refused to open:
     a symlink loop, a NUL byte in its name, no permission, ..."""
     if isinstance(error, OSError):
-        reason = error.strerror or _first_line(error)
+        reason = error.strerror or first_line(error)
     else:  # os functions raise ValueError for a NUL byte in a path
-        reason = "the path contains a NUL byte" if "null byte" in str(error) else _first_line(error)
+        reason = "the path contains a NUL byte" if "null byte" in str(error) else first_line(error)
     return VidretError(f"{shown_path(path)}: cannot open the {what} ({reason})")
 
 
@@ -41,12 +41,12 @@ def check_path(path, what: str) -> None:
 
 def os_error_line(error: OSError) -> str:
     """``PATH: strerror`` for an OSError no check caught (the disk filled up, ...); the path where it names one."""
-    reason = error.strerror or _first_line(error)
+    reason = error.strerror or first_line(error)
     paths = [shown_path(path) for path in (error.filename, error.filename2) if path is not None]
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 

@@ -1,10 +1,19 @@
 """The on-disk contracts between stages, as Arrow schemas.
 
 These are public: users read the files with pyarrow, pandas or DuckDB and may
-write them with their own tools. README.md ("On-disk formats") documents them.
+write them with their own tools. docs/formats.md documents them.
 """
 
 import pyarrow as pa
+
+# File names of the contracts, inside each stage's output folder.
+STATUS_FILE = "status.parquet"  # RUN/frames
+VIDEOS_FILE = "videos.parquet"  # RUN/embeddings
+TEXTS_FILE = "texts.parquet"  # RUN/embeddings
+INDEX_FILE = "videos.faiss"  # RUN/index
+ID_MAP_FILE = "video_ids.parquet"  # RUN/index
+RANKS_FILE = "ranks.parquet"  # RUN/index
+METRICS_FILE = "metrics.json"  # RUN/index
 
 # RUN/frames/part-NNNNN.parquet: one row (and one row group) per decoded video.
 FRAMES_SCHEMA = pa.schema(
@@ -51,3 +60,18 @@ VIDEOS_SCHEMA = pa.schema([("video_id", pa.string()), ("embedding", pa.list_(pa.
 
 # RUN/embeddings/texts.parquet: one row per caption; video_id is its ground-truth video.
 TEXTS_SCHEMA = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("embedding", pa.list_(pa.float32()))])
+
+# RUN/index/video_ids.parquet: FAISS id -> video, and its file where the run knows it.
+ID_MAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("video_id", pa.string()), ("path", pa.string())])
+
+# RUN/index/ranks.parquet: the ground truth's rank for every query, both directions.
+RANKS_SCHEMA = pa.schema(
+    [
+        ("direction", pa.string()),  # t2v: a caption queries the videos; v2t: a video queries the captions
+        ("query", pa.int64()),  # the query's row in texts.parquet (t2v) or videos.parquet (v2t)
+        ("video_id", pa.string()),  # t2v: the caption's ground-truth video; v2t: the query video
+        ("caption", pa.string()),  # t2v: the query caption; v2t: null
+        ("rank", pa.int64()),  # 1-based rank of the ground truth, ties counted against it
+        ("rank_dsl", pa.int64()),  # the same under dual softmax; null without --dsl
+    ]
+)

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.encode.distributed import World, resolve_device
+from pipeline.device import resolve_device
+from pipeline.encode.distributed import World
 from pipeline.encode.embed import embed_texts, load_embedding_model
 from pipeline.encode.model import CLIP4Clip, ModelSpec
 from pipeline.errors import VidretError
 from pipeline.files import sha256_file
-from pipeline.index.faiss_index import INDEX_FILE, on_search_device, read_index, search
-from pipeline.stage import read_stage
+from pipeline.index.faiss_index import on_search_device, read_index, search
+from pipeline.schemas import ID_MAP_FILE, INDEX_FILE
+from pipeline.stage import STAGE_FILE, read_committed
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,10 @@ def find_index_dir(run: Path | str) -> Path:
 
 def load_query_model(index_dir: Path) -> CLIP4Clip:
     """The model whose text tower wrote the indexed embeddings' captions, as the index stage recorded it."""
-    record = (read_stage(index_dir) or {}).get("model")
+    record = (read_committed(index_dir, "index", (INDEX_FILE, ID_MAP_FILE)) or {}).get("model")
     if not record:
         raise VidretError(
-            f"{index_dir / 'stage.json'}: no record of the model that wrote these embeddings (from another tool?);"
+            f"{index_dir / STAGE_FILE}: no record of the model that wrote these embeddings (from another tool?);"
             " search needs the run's text tower"
         )
     checkpoint = record.get("checkpoint")
@@ -65,9 +67,10 @@ def search_videos(run: Path | str, queries: list[str], k: int = 5, device: str =
     if not queries or not all(queries):
         raise VidretError("give one or more non-empty queries")
     index_dir = find_index_dir(run)
+    model = load_query_model(index_dir)  # first: it checks the index files against their record
     index, ids = read_index(index_dir)
     device = resolve_device(device)
-    model = load_query_model(index_dir).to(device).eval()
+    model = model.to(device).eval()
     if model.clip.visual.output_dim != index.d:
         raise VidretError(
             f"{index_dir / INDEX_FILE}: {index.d}-dimensional, but {model.spec.model} embeds in"

@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.errors import VidretError
-from pipeline.files import read_json, write_json
+from pipeline.files import sha256_json
 from pipeline.manifest import SPLITS, write_manifest
-from pipeline.stage import library_versions
+from pipeline.stage import Stage, begin, commit, decide, library_versions, locked, ran_because, skip_line
 
 COLOURS = {
     "red": (220, 45, 45),
@@ -239,61 +239,64 @@ class SynthSummary:
     manifest: Path
     splits: dict[str, int]
     seconds: float
-    skipped: bool
+    skip_reason: str | None = None  # why nothing was written
+    ran_because: str = ""  # why an earlier dataset was replaced, as the line says it
 
     def line(self) -> str:
+        if self.skip_reason:
+            return skip_line("synth", self.manifest.parent)
         videos = sum(self.splits.values())
         splits = ", ".join(f"{self.splits[name]} {name}" for name in SPLITS if self.splits.get(name))
-        if self.skipped:
-            return (
-                f"synth: nothing to do, {self.manifest.parent} already holds this dataset ({videos} videos: {splits})"
-            )
         return (
             f"synth: {videos} videos ({splits}) in {self.seconds:.1f} s, {videos / self.seconds:.1f} videos/s"
-            f" | manifest: {self.manifest}"
+            f" | manifest: {self.manifest}{self.ran_because}"
         )
+
+
+MANIFEST_FILE = "manifest.jsonl"
+VIDEOS_DIR = "videos"
+EARLIER_RECORD = "synth.json"  # what vidret 0.1.0 wrote before stage.json: replaced by the next run
 
 
 def make_synthetic_dataset(
     out_dir: Path | str, options: SynthOptions | None = None, force: bool = False, progress: bool = True
 ) -> SynthSummary:
-    """Write ``out_dir/videos/*.mp4``, ``out_dir/manifest.jsonl`` and ``out_dir/synth.json``.
+    """Write ``out_dir/videos/*.mp4`` and ``out_dir/manifest.jsonl``, then commit ``out_dir/stage.json``.
 
-    An existing dataset made with the same options is kept as it is; one made
-    with other options is replaced only with ``force``. synth.json is written
-    last, so its presence means the dataset is whole.
+    Through the stage contract: a dataset made with the same options is kept; one made with other
+    options, or damaged, is written again.
     """
     options = options or SynthOptions()
     out_dir = Path(out_dir)
-    manifest = out_dir / "manifest.jsonl"
-    recorded = read_json(out_dir / "synth.json")
-    if recorded and not force:
-        if recorded["options"] != asdict(options):
-            raise VidretError(
-                f"{out_dir} holds a synthetic dataset made with other options; pass --force to replace it"
+    manifest = out_dir / MANIFEST_FILE
+    owns = (VIDEOS_DIR, MANIFEST_FILE, EARLIER_RECORD)
+    stage = Stage("synth", out_dir, sha256_json(asdict(options)), asdict(options), owns=owns)
+    with locked(stage):
+        decision = decide(stage, force)
+        if not decision.run:
+            return SynthSummary(manifest, decision.previous["splits"], 0.0, skip_reason=decision.reason)
+        begin(stage)
+        (out_dir / EARLIER_RECORD).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / VIDEOS_DIR, ignore_errors=True)
+        (out_dir / VIDEOS_DIR).mkdir(parents=True)
+        start = time.perf_counter()
+        records, jobs = [], []
+        for number, (split, attributes, motion, captions) in enumerate(plan_dataset(options)):
+            video_id = f"synth{number:05d}"
+            relative = f"{VIDEOS_DIR}/{video_id}.mp4"
+            records.append(
+                {"video_id": video_id, "path": relative, "split": split, "captions": captions, **asdict(attributes)}
             )
-        return SynthSummary(manifest, recorded["splits"], 0.0, skipped=True)
-    (out_dir / "synth.json").unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "videos", ignore_errors=True)
-    (out_dir / "videos").mkdir(parents=True)
-    start = time.perf_counter()
-    records, jobs = [], []
-    for number, (split, attributes, motion, captions) in enumerate(plan_dataset(options)):
-        video_id = f"synth{number:05d}"
-        relative = f"videos/{video_id}.mp4"
-        records.append(
-            {"video_id": video_id, "path": relative, "split": split, "captions": captions, **asdict(attributes)}
-        )
-        jobs.append((out_dir / relative, attributes, motion, options))
-    # One encoder per core; each clip's bytes depend only on its own job.
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(len(os.sched_getaffinity(0)), mp_context=context) as pool:
-        done = pool.map(_write_clip, jobs, chunksize=4)
-        for _ in tqdm(done, total=len(jobs), desc="synth", unit="video", disable=not progress):
-            pass
-    write_manifest(manifest, records)
-    seconds = time.perf_counter() - start
-    splits = {name: sum(record["split"] == name for record in records) for name in SPLITS}
-    record = {"options": asdict(options), "splits": splits, "seconds": round(seconds, 2)}
-    write_json(out_dir / "synth.json", {**record, "libraries": library_versions("av", "numpy")})
-    return SynthSummary(manifest, splits, seconds, skipped=False)
+            jobs.append((out_dir / relative, attributes, motion, options))
+        # One encoder per core; each clip's bytes depend only on its own job.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(len(os.sched_getaffinity(0)), mp_context=context) as pool:
+            done = pool.map(_write_clip, jobs, chunksize=4)
+            for _ in tqdm(done, total=len(jobs), desc="synth", unit="video", disable=not progress):
+                pass
+        write_manifest(manifest, records)
+        seconds = time.perf_counter() - start
+        splits = {name: sum(record["split"] == name for record in records) for name in SPLITS}
+        record = {"splits": splits, "seconds": round(seconds, 2), "libraries": library_versions("av", "numpy")}
+        commit(stage, record, [MANIFEST_FILE, *(entry["path"] for entry in records)])
+    return SynthSummary(manifest, splits, seconds, ran_because=ran_because(decision))

@@ -3,6 +3,8 @@ with injected faults (module-level, so decode worker processes can import them).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import time
@@ -213,3 +215,20 @@ def brute_force_dsl_ranks(
     video); v2t scores are sim.T * softmax over videos (per text)."""
     sim = np.asarray(texts, dtype=np.float64) @ np.asarray(videos, dtype=np.float64).T
     return ranks_from_scores(sim * softmax_columns(scale * sim), sim.T * softmax_columns(scale * sim.T), index)
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` by relative path; lock files aside (a refused run may create one)."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix != ".lock"
+    }
+
+
+def forget_file_record(folder: Path) -> None:
+    """Drop the file list from ``folder``'s stage.json, as a record of an earlier vidret (or another tool's
+    frames) has none: readers then take the files as they find them."""
+    record = json.loads((folder / "stage.json").read_text())
+    del record["files"]
+    (folder / "stage.json").write_text(json.dumps(record))

@@ -38,7 +38,7 @@ def test_synth_manifest_check_and_decode(tmp_path):
     assert json.loads((out / "stage.json").read_text())["params"]["num_frames"] == 4
 
     again = vidret("decode", tmp_path / "data" / "manifest.jsonl", "--out", out, "--frames", 4, "--size", 32)
-    assert again.returncode == 0 and again.stdout.startswith("decode: nothing to do")
+    assert again.returncode == 0 and again.stdout.startswith("decode: skipped, ")
 
 
 def test_failures_are_counted_and_exit_zero(tmp_path):

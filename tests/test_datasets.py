@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.datasets import DatasetError, available_datasets, build_manifest, load_definition
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
-from pipeline.encode import EmbedOptions, embed
+from pipeline.encode.embed import EmbedOptions, embed
 from pipeline.index import IndexOptions, index_embeddings
 from pipeline.manifest import read_manifest
 

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos, read_video, sample_frame_indices
 from pipeline.decode.sampling import PADDING, train_view_seed
-from pipeline.decode.writer import marker_path, read_marker_metadata
+from pipeline.decode.writer import marker_path, read_marker
 from pipeline.encode.reader import FrameStore
 from pipeline.errors import VidretError
 from pipeline.files import sha256_json
@@ -30,12 +30,14 @@ from pipeline.schemas import FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA
 from helpers import (
     CODECS,
     decode_with_pyav,
+    forget_file_record,
     make_video,
     manifest_records,
     read_video_or_crash,
     read_video_or_hang,
     read_video_when_released,
     reference_frames,
+    tree_hashes,
 )
 
 TESTS = Path(__file__).parent
@@ -171,7 +173,7 @@ def test_rerun_with_nothing_to_do_is_skipped(corpus, tmp_path):
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*.parquet")}
     summary = decode_videos(manifest, out, options(), progress=False)
     assert summary.chunks_run == 0 and summary.complete
-    assert "nothing to do" in summary.line()
+    assert summary.line().startswith("decode: skipped, ") and "is up to date" in summary.line()
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*.parquet")} == before
 
 
@@ -201,26 +203,24 @@ def test_rerun_redoes_only_uncommitted_and_changed_chunks(corpus, tmp_path):
     assert_complete(out, expected)
 
 
-def test_other_parameters_are_refused_unless_forced(corpus, tmp_path):
+def test_other_parameters_redo_the_frames_and_say_why(corpus, tmp_path):
     manifest, expected = corpus
     out = tmp_path / "frames"
     decode_videos(manifest, out, options(), progress=False)
-    with pytest.raises(VidretError, match=r"other parameters \(num_frames 4 -> 6\).*--force"):
-        decode_videos(manifest, out, options(spec=FrameSpec(num_frames=6, size=64)), progress=False)
-    assert_complete(out, expected)  # the refusal touched nothing
-
-    decode_videos(manifest, out, options(spec=FrameSpec(num_frames=6, size=64), force=True), progress=False)
+    summary = decode_videos(manifest, out, options(spec=FrameSpec(num_frames=6, size=64)), progress=False)
+    assert "(ran: its parameters changed (num_frames 4 -> 6))" in summary.line()
+    assert summary.chunks_run == summary.chunks_total
     assert_complete(out, expected)
     assert set(read_parts(out).column("num_frames").to_pylist()) == {6}
 
 
-def test_frames_from_before_the_decoder_option_count_as_decords(corpus, tmp_path):
-    """Markers written before --decoder existed lack it: those frames came from decord, so the new
-    default is refused as a change of parameters, and --decoder decord goes on with them."""
+def test_other_parameters_redo_the_chunks_unsharded_and_are_refused_sharded(corpus, tmp_path):
+    """Chunks decoded with other parameters (here, markers of a vidret from before --decoder, which lack it)
+    are derived output: an unsharded rerun redoes every one of them. A sharded run must not, since they may
+    be other shards' work: it refuses, naming the change, and leaves the folder as it was."""
     manifest, expected = corpus
     out = tmp_path / "frames"
-    decord_spec = replace(SPEC, decoder="decord")
-    decode_videos(manifest, out, options(spec=decord_spec), progress=False)
+    decode_videos(manifest, out, options(spec=replace(SPEC, decoder="decord")), progress=False)
     for marker in (out / "_chunks").glob("*.status.parquet"):
         table = pq.read_table(marker)
         metadata = dict(table.schema.metadata)
@@ -228,10 +228,15 @@ def test_frames_from_before_the_decoder_option_count_as_decords(corpus, tmp_path
         del params["decoder"]
         metadata[b"vidret.params"] = json.dumps(params).encode()
         pq.write_table(table.replace_schema_metadata(metadata), marker)
-    with pytest.raises(VidretError, match=r"other parameters \(decoder 'decord' -> 'pyav'\).*--force"):
-        decode_videos(manifest, out, options(), progress=False)
-    decode_videos(manifest, out, options(spec=decord_spec), progress=False)
+    (out / "stage.json").unlink()
+    before = tree_hashes(out)
+    with pytest.raises(VidretError, match=r"other parameters \(decoder None -> 'pyav'\).*sharded"):
+        decode_videos(manifest, out, options(num_shards=2), progress=False)
+    assert tree_hashes(out) == before
+    summary = decode_videos(manifest, out, options(), progress=False)
+    assert summary.chunks_run == summary.chunks_total and summary.chunks_already_committed == 0
     assert_complete(out, expected)
+    assert {read_marker(path).params["decoder"] for path in (out / "_chunks").glob("*.status.parquet")} == {"pyav"}
 
 
 def test_without_the_new_options_params_chunk_keys_and_schema_are_those_of_earlier_versions(corpus, tmp_path):
@@ -245,7 +250,8 @@ def test_without_the_new_options_params_chunk_keys_and_schema_are_those_of_earli
     for index, start in enumerate(range(0, len(entries), 4)):
         # The key as earlier versions computed it: the parameters and each video's path, size and mtime.
         inputs = [[entry.video_id, str(entry.path), *file_identity(entry.path)] for entry in entries[start : start + 4]]
-        assert read_marker_metadata(marker_path(out, index)) == (sha256_json([before, inputs]), before)
+        marker = read_marker(marker_path(out, index))
+        assert (marker.key, marker.params) == (sha256_json([before, inputs]), before)
     assert json.loads((out / "stage.json").read_text())["params"] == before
     for part in out.glob("part-*.parquet"):
         assert pq.read_schema(part).equals(FRAMES_SCHEMA)
@@ -308,13 +314,13 @@ def test_kill_9_then_rerun_completes_without_duplicates(corpus, tmp_path):
         time.sleep(0.02)
     process.kill()
     assert process.wait() == -9
-    assert not (out / "stage.json").exists() and not (out / "status.parquet").exists()
+    assert "finished" not in json.loads((out / "stage.json").read_text()) and not (out / "status.parquet").exists()
 
     summary = decode_videos(manifest, out, options(shard_size=2), progress=False)
     assert summary.chunks_already_committed >= 2
     assert summary.chunks_run + summary.chunks_already_committed == chunk_count(expected, 2)
     assert_complete(out, expected)
-    assert not [path for path in out.rglob(".*") if path.is_file()], "temporary files left behind"
+    assert not [path for path in out.rglob(".*") if path.is_file() and path.suffix != ".lock"], "temporaries left"
 
 
 def test_shards_merge_into_the_single_run_result(corpus, tmp_path):
@@ -324,7 +330,7 @@ def test_shards_merge_into_the_single_run_result(corpus, tmp_path):
     # Two machines sharing one directory: the first leaves it incomplete, the second completes it.
     shared = tmp_path / "shared"
     first = decode_videos(manifest, shared, options(num_shards=2, shard_index=0), progress=False)
-    assert not first.complete and not (shared / "stage.json").exists()
+    assert not first.complete and "finished" not in json.loads((shared / "stage.json").read_text())
     total = chunk_count(expected, 4)
     assert f"{(total + 1) // 2} of {total} chunks of the split are committed" in first.line()  # shard 0: even chunks
     second = decode_videos(manifest, shared, options(num_shards=2, shard_index=1), progress=False)
@@ -487,6 +493,7 @@ def test_users_and_the_frame_store_read_the_views(split_corpus, tmp_path):
     assert {location.real_frames for views in store.locations.values() for location in views.values()} == {4}
 
     shutil.copy(out / "part-00000.parquet", out / "part-00099.parquet")  # the same rows twice
+    forget_file_record(out)  # as another tool's frames: the part files are what is there
     with pytest.raises(VidretError, match=r"part-00099.parquet: video 't0' view 0 is also in part-00000.parquet"):
         FrameStore(out)
 
@@ -500,6 +507,7 @@ def test_the_frame_store_refuses_views_with_gaps_and_padding_before_frames(split
     table = pq.read_table(part)
     views = table["view"].to_pylist()
     pq.write_table(table.set_column(1, "view", pa.array([*views[:2], 5, *views[3:]], pa.int32())), part)
+    forget_file_record(out)
     with pytest.raises(VidretError, match=r"video 't0' has views \[0, 1, 5\]; expected 0 to 2"):
         FrameStore(out)
     indices = table["frame_indices"].to_pylist()

@@ -726,7 +726,7 @@ def test_captions_tokenise_as_clip4clip_does_and_special_strings_are_documented(
     """On all 1,000 real MSR-VTT 1k-A captions, vidret's tokens at caption length 32 are CLIP4Clip's: the same
     BPE vocabulary and ids, the same cut. The references' special-token strings differ (CLIP4Clip's
     ``<|endoftext|>``, open_clip's ``<end_of_text>``); no caption holds either, and vidret keeps open_clip's
-    tokenizer, which reads its own string as EOT and CLIP4Clip's as text (README, recipe differences)."""
+    tokenizer, which reads its own string as EOT and CLIP4Clip's as text (docs/reproduction.md)."""
     import csv
 
     with open(PROJECT / "tests/data/msrvtt/MSRVTT_JSFUSION_test.csv", newline="") as handle:

@@ -152,7 +152,7 @@ def test_ranks_and_metrics_equal_brute_force(tmp_path, seed, per_video_max, embe
     assert metrics["v2t"] == summarize_ranks(v2t)
     assert metrics["num_videos"] == 30 and metrics["num_texts"] == num_texts
     assert "dsl" not in metrics
-    assert summary.metrics == metrics and summary.skipped is None and summary.rerun is None
+    assert summary.metrics == metrics and summary.skip_reason is None and summary.ran_because == ""
 
     schema = pq.read_schema(tmp_path / "index" / "ranks.parquet")
     assert {name: str(schema.field(name).type) for name in schema.names} == {
@@ -348,35 +348,35 @@ def test_rerun_is_skipped_unless_something_changed(tmp_path, data):
     embeddings = write_data(tmp_path / "embeddings", data)
     out = tmp_path / "index"
     first = index_embeddings(embeddings, out, options())
-    assert first.skipped is None and first.rerun is None
+    assert first.skip_reason is None and first.ran_because == ""
     before = mtimes(out)
 
     again = index_embeddings(embeddings, out, options())
-    assert again.skipped and "--force" in again.skipped
+    assert again.skip_reason and "--force" in again.line()
     assert again.metrics == first.metrics
     assert mtimes(out) == before
 
     # block size and device only change the speed
-    assert index_embeddings(embeddings, out, options(block_size=3, device="cpu")).skipped
+    assert index_embeddings(embeddings, out, options(block_size=3, device="cpu")).skip_reason
     # the fingerprint is the files' contents: the same tables written again are the same input
     write_data(embeddings, data)
-    assert index_embeddings(embeddings, out, options()).skipped
+    assert index_embeddings(embeddings, out, options()).skip_reason
     assert mtimes(out) == before
 
     forced = index_embeddings(embeddings, out, options(force=True))
-    assert forced.skipped is None and forced.rerun == "--force"
+    assert forced.skip_reason is None and forced.ran_because == " (ran: --force)"
     assert forced.metrics == first.metrics
     assert mtimes(out)["metrics.json"] != before["metrics.json"]
 
     changed = index_embeddings(embeddings, out, options(dsl=True))
-    assert changed.skipped is None and "parameters changed" in changed.rerun and "dsl" in changed.metrics
-    assert index_embeddings(embeddings, out, options(dsl=True)).skipped
+    assert changed.skip_reason is None and "parameters changed" in changed.ran_because and "dsl" in changed.metrics
+    assert index_embeddings(embeddings, out, options(dsl=True)).skip_reason
 
     texts = data.texts.copy()
     texts[[0, 1]] = texts[[1, 0]]
     write_data(embeddings, replace(data, texts=texts))
     new_input = index_embeddings(embeddings, out, options(dsl=True))
-    assert new_input.skipped is None and "its input changed" in new_input.rerun
+    assert new_input.skip_reason is None and "its inputs changed" in new_input.ran_because
     t2v, _ = brute_force_ranks(texts, data.videos, data.index)
     assert new_input.metrics["t2v"] == summarize_ranks(t2v) == read_metrics(out)["t2v"]
 
@@ -385,10 +385,10 @@ def test_missing_dump_is_recomputed(tmp_path, data):
     embeddings = write_data(tmp_path / "embeddings", data)
     out, dump = tmp_path / "index", tmp_path / "dump.pkl"
     index_embeddings(embeddings, out, options(dump=dump))
-    assert index_embeddings(embeddings, out, options(dump=dump)).skipped
+    assert index_embeddings(embeddings, out, options(dump=dump)).skip_reason
     dump.unlink()
     rerun = index_embeddings(embeddings, out, options(dump=dump))
-    assert rerun.skipped is None and "missing" in rerun.rerun
+    assert rerun.skip_reason is None and "missing" in rerun.ran_because
     assert dump.is_file()
 
 
@@ -520,7 +520,7 @@ def test_bad_input_is_one_line_naming_the_file_and_keeps_the_earlier_output(tmp_
     assert after["metrics.json"] == before["metrics.json"] and after["stage.json"] == before["stage.json"]
     assert after == before
     # the earlier output is still the current one for the good embeddings
-    assert index_embeddings(tmp_path / "good", out, options()).skipped
+    assert index_embeddings(tmp_path / "good", out, options()).skip_reason
 
 
 def test_embeddings_written_by_pandas(tmp_path, data):

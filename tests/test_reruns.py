@@ -35,25 +35,26 @@ def run_pipeline(manifest: Path, run: Path, num_frames: int = 4, force_decode: b
 def test_reruns_follow_what_changed(decoded_synthetic, tmp_path):
     manifest = decoded_synthetic["manifest"]
     decoded, trained, embedded, indexed = run_pipeline(manifest, tmp_path)
-    assert decoded.chunks_run and not trained.skipped and not embedded.skipped_run and not indexed.skipped
-    assert trained.rerun is None and embedded.rerun is None and indexed.rerun is None
+    assert decoded.chunks_run and not trained.skip_reason and not embedded.skip_reason and not indexed.skip_reason
+    assert trained.ran_because == embedded.ran_because == indexed.ran_because == ""
     first_metrics = indexed.metrics
 
     # Nothing changed: every stage says it has nothing to do.
     decoded, trained, embedded, indexed = run_pipeline(manifest, tmp_path)
-    assert decoded.chunks_run == 0 and decoded.line().startswith("decode: nothing to do")
+    assert decoded.chunks_run == 0 and decoded.line().startswith("decode: skipped, ")
     assert trained.line().startswith("train: skipped, ") and trained.steps == 0
     assert embedded.line().startswith("embed: skipped, ")
     assert indexed.line().startswith("index: skipped, ") and indexed.metrics == first_metrics
 
     # An index option: only the index reruns.
     decoded, trained, embedded, indexed = run_pipeline(manifest, tmp_path, dsl=True)
-    assert decoded.chunks_run == 0 and trained.skipped and embedded.skipped_run
-    assert indexed.rerun == "its parameters changed (dsl_scale None -> 100.0)" and "dsl" in indexed.metrics
+    assert decoded.chunks_run == 0 and trained.skip_reason and embedded.skip_reason
+    assert indexed.ran_because == " (ran: its parameters changed (dsl_scale None -> 100.0))"
+    assert "dsl" in indexed.metrics
 
     # A decode option: the frames change, so training, embedding and the index all rerun.
     decoded, trained, embedded, indexed = run_pipeline(manifest, tmp_path, num_frames=3, force_decode=True, dsl=True)
     assert decoded.chunks_run == decoded.chunks_total
-    assert trained.rerun == "its input changed" and trained.steps > 0
-    assert embedded.rerun == "its input changed"
-    assert indexed.rerun == "its input changed"
+    assert trained.ran_because == " (ran: its inputs changed)" and trained.steps > 0
+    assert embedded.ran_because == " (ran: its inputs changed)"
+    assert indexed.ran_because == " (ran: its inputs changed)"

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_splits_captions_and_files(dataset):
         assert len(record["captions"]) == (3 if record["split"] == "train" else 1)
         for caption in record["captions"]:
             assert all(f" {word}" in f" {caption}" for word in vars(attributes).values()), caption
-    assert json.loads((out / "synth.json").read_text())["options"]["seed"] == 3
+    assert json.loads((out / "stage.json").read_text())["params"]["seed"] == 3
 
 
 def test_every_test_and_val_caption_matches_exactly_one_clip(dataset):
@@ -66,11 +67,14 @@ def test_same_seed_same_bytes_other_seed_other_data(dataset, tmp_path):
     assert other.manifest.read_text() != again.manifest.read_text()
 
 
-def test_existing_dataset_is_kept_and_other_options_need_force(dataset):
+def test_existing_dataset_is_kept_and_other_options_write_it_again(dataset, tmp_path):
     out, _, _ = dataset
-    assert make_synthetic_dataset(out, SMALL, progress=False).skipped
-    with pytest.raises(VidretError, match="other options; pass --force"):
-        make_synthetic_dataset(out, SynthOptions(**{**vars(SMALL), "seed": 9}), progress=False)
+    assert make_synthetic_dataset(out, SMALL, progress=False).skip_reason
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    other = make_synthetic_dataset(copy, SynthOptions(**{**vars(SMALL), "seed": 9}), progress=False)
+    assert other.line().endswith("(ran: its parameters changed (seed 3 -> 9))")
+    assert (copy / "manifest.jsonl").read_text() != (out / "manifest.jsonl").read_text()
 
 
 @pytest.mark.parametrize("pair", [("left", "right"), ("up", "down")])

@@ -9,7 +9,7 @@ val clips make the 9k split (every caption a training sample), the test clips 1k
 
     .venv/bin/python -m pipeline.benchmarks.msrvtt_rehearsal data/synthetic /tmp/msrvtt-rehearsal
 
-then run the make command it prints (a CPU-sized model; the real recipe is the README's).
+then run the make command it prints (a CPU-sized model; the real recipe is in docs/reproduction.md).
 """
 
 from __future__ import annotations

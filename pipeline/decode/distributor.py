@@ -29,19 +29,32 @@ from pipeline.decode.writer import (
     CHUNKS_DIR,
     FRAMES_PARQUET_OPTIONS,
     LOGS_DIR,
-    STATUS_FILE,
     Chunk,
     ChunkWriter,
+    Marker,
     marker_path,
     merge_status,
     part_path,
-    read_marker_metadata,
+    read_marker,
 )
 from pipeline.errors import VidretError
-from pipeline.files import remove_temporaries, sha256_file, sha256_json
+from pipeline.files import sha256_file, sha256_json
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
-from pipeline.schemas import DECODE_STATUSES, FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA
-from pipeline.stage import describe_changes, library_versions, read_stage, remove_stage, write_stage
+from pipeline.schemas import DECODE_STATUSES, FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA, STATUS_FILE
+from pipeline.stage import (
+    LOCK_FILE,
+    STAGE_FILE,
+    Stage,
+    begin,
+    commit,
+    decide,
+    describe_changes,
+    file_record,
+    library_versions,
+    locked,
+    ran_because,
+    skip_line,
+)
 
 # Decoded videos that may wait in memory for a slower one ahead of them
 # (results are written in manifest order). Past this, dispatch pauses.
@@ -123,6 +136,8 @@ class DecodeSummary:
     chunks_total: int  # of the whole split
     videos_total: int  # of the whole split
     shard: tuple[int, int]  # (index, count)
+    skip_reason: str | None = None  # why nothing was done
+    ran_because: str = ""  # why earlier frames were redone, as the line says it
 
     @property
     def complete(self) -> bool:
@@ -138,11 +153,13 @@ class DecodeSummary:
             f"{self.chunks_committed} of {self.chunks_total} chunks of the split are committed;"
             " status.parquet and stage.json come with the last"
         )
+        if self.skip_reason:
+            return skip_line("decode", self.out_dir)
         if not self.chunks_run:
             if self.complete:
                 return (
-                    f"decode: nothing to do, {self.out_dir} already holds all {self.videos_total} videos"
-                    " decoded with these parameters (--force redoes them)"
+                    f"decode: every chunk was already committed; wrote {STATUS_FILE} and {STAGE_FILE}"
+                    f" in {self.out_dir}{self.ran_because}"
                 )
             return f"decode: nothing to do for shard {self.shard[0]} of {self.shard[1]}; {waiting}"
         ok = self.counts.get("ok", 0)
@@ -156,7 +173,7 @@ class DecodeSummary:
             parts.append(f"resumed: {self.chunks_already_committed} chunks were already committed")
         if not self.complete:
             parts.append(waiting)
-        return " | ".join(parts)
+        return " | ".join(parts) + self.ran_because
 
 
 def plan_chunks(
@@ -182,17 +199,13 @@ def _file_identity(file_stat: os.stat_result | None) -> tuple[int, int]:
     return (file_stat.st_size, file_stat.st_mtime_ns) if file_stat else (-1, -1)
 
 
-def _read_markers(out_dir: Path) -> dict[int, tuple[str, dict]]:
-    """Chunk index -> (key, parameters) of every commit marker in ``out_dir``."""
+def _read_markers(out_dir: Path) -> dict[int, Marker]:
+    """Chunk index -> the commit marker of every chunk in ``out_dir`` (a damaged marker counts as none)."""
     markers = {}
     for path in (out_dir / CHUNKS_DIR).glob("part-*.status.parquet"):
-        metadata = read_marker_metadata(path)
-        if metadata is not None:
-            key, params = metadata
-            # Chunks from before the --decoder option were decoded with decord, not today's
-            # default, so it is filled in. Options added since are recorded only away from their
-            # defaults (DecodeOptions.output_params): nothing to fill in for them.
-            markers[_chunk_index(path)] = key, {"decoder": "decord", **params} if params else params
+        marker = read_marker(path)
+        if marker is not None:
+            markers[_chunk_index(path)] = marker
     return markers
 
 
@@ -201,22 +214,63 @@ def _chunk_index(path: Path) -> int:
     return int(path.name.split(".")[0].removeprefix("part-"))
 
 
-def _committed(out_dir: Path, chunks: list[Chunk], markers: dict[int, tuple[str, dict]]) -> set[int]:
-    """Chunks whose marker holds their current key and whose part file is in place."""
+def _committed(out_dir: Path, chunks: list[Chunk], markers: dict[int, Marker]) -> set[int]:
+    """Chunks whose marker holds their current key and whose part file is the one the marker recorded."""
     return {
         chunk.index
         for chunk in chunks
-        if chunk.index in markers and markers[chunk.index][0] == chunk.key and part_path(out_dir, chunk.index).exists()
+        if chunk.index in markers
+        and markers[chunk.index].key == chunk.key
+        and _part_intact(part_path(out_dir, chunk.index), markers[chunk.index].part)
     }
 
 
-def _refuse_other_parameters(out_dir: Path, markers: dict[int, tuple[str, dict]], params: dict) -> None:
-    for _, old in markers.values():
-        if old != params:
+def _part_intact(path: Path, recorded: dict | None) -> bool:
+    if not path.is_file():
+        return False
+    if recorded is None:  # a marker of an earlier vidret, which recorded no hash
+        return True
+    return path.stat().st_size == recorded["bytes"] and sha256_file(path) == recorded["sha256"]
+
+
+def _refuse_other_parameters(out_dir: Path, markers: dict[int, Marker], params: dict) -> None:
+    """Sharded runs share ``out_dir``: redoing chunks decoded with other parameters would destroy other
+    shards' work, so that is the user's call."""
+    for marker in markers.values():
+        if marker.params != params:
             raise VidretError(
-                f"{out_dir} holds frames decoded with other parameters ({describe_changes(old, params)});"
-                " pass --force to replace them, or choose another --out"
+                f"{out_dir} holds chunks decoded with other parameters ({describe_changes(marker.params, params)}),"
+                " which sharded runs must not replace; clear it, decode it again without --num-shards,"
+                " or choose another --out"
             )
+
+
+def _refuse_losing_decoded(out_dir: Path, chunks: list[Chunk], markers: dict[int, Marker], stats: dict) -> None:
+    """Never replace frames decoded ``ok`` by ``missing`` rows without --force: a mistyped --video-root
+    would otherwise wipe a finished decode."""
+    lost = []
+    for chunk in chunks:
+        if chunk.index not in markers:
+            continue
+        statuses = dict(zip(*markers[chunk.index].statuses(), strict=True))
+        lost += [
+            entry for entry in chunk.entries if statuses.get(entry.video_id) == "ok" and stats[entry.video_id] is None
+        ]
+    if lost:
+        raise VidretError(
+            f"{out_dir}: {len(lost)} videos decoded ok here are missing now (e.g. {lost[0].path});"
+            " check the manifest's paths and --video-root, or pass --force to replace their frames with 'missing'"
+        )
+
+
+def _refuse_no_video(entries: list[ManifestEntry], stats: dict, manifest: Path, video_root: Path | None) -> None:
+    if any(stat is not None for stat in stats.values()):
+        return
+    where = f" under --video-root {video_root}" if video_root else ""
+    raise VidretError(
+        f"{manifest}: none of the {len(entries)} videos to decode exists{where} (e.g. {entries[0].path});"
+        " check the paths" + (" and --video-root" if video_root else "")
+    )
 
 
 def clear_outputs(out_dir: Path) -> None:
@@ -225,7 +279,7 @@ def clear_outputs(out_dir: Path) -> None:
         part.unlink()
     shutil.rmtree(out_dir / CHUNKS_DIR, ignore_errors=True)
     (out_dir / STATUS_FILE).unlink(missing_ok=True)
-    remove_stage(out_dir)
+    (out_dir / STAGE_FILE).unlink(missing_ok=True)
 
 
 def decode_videos(
@@ -245,42 +299,62 @@ def decode_videos(
     entries = select_split(read_manifest(manifest, options.video_root), options.split, manifest)
     params = options.output_params()
     stats = {entry.video_id: stat_or_none(entry.path) for entry in entries}
+    _refuse_no_video(entries, stats, manifest, options.video_root)
     chunks = plan_chunks(entries, stats, params, options.shard_size)
-    fingerprint = sha256_json([chunk.key for chunk in chunks])
     shard = (options.shard_index, options.num_shards)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if options.force:
-        clear_outputs(out_dir)
-    markers = _read_markers(out_dir)
-    _refuse_other_parameters(out_dir, markers, params)
-
-    mine = [chunk for chunk in chunks if chunk.index % options.num_shards == options.shard_index]
-    already_committed = _committed(out_dir, mine, markers)
-    todo = [chunk for chunk in mine if chunk.index not in already_committed]
-    counts, frames, seconds = Counter(), 0, 0.0
-    if todo:
-        # The directory is about to change: it is no longer the one stage.json describes.
-        remove_stage(out_dir)
-        (out_dir / STATUS_FILE).unlink(missing_ok=True)
-        counts, frames, seconds = _decode_chunks(todo, stats, out_dir, options, params, reader, progress)
-        # Look again: runs of other shards may have committed chunks meanwhile, and
-        # the last run to finish must see them all to write the merged status.
+    sharded = options.num_shards > 1
+    if options.force and sharded:
+        raise VidretError(
+            "--force with --num-shards: it would delete the other shards' chunks; clear --out yourself,"
+            " or decode without --num-shards"
+        )
+    stage = Stage(
+        "decode", out_dir, sha256_json([chunk.key for chunk in chunks]), params,
+        owns=("part-*.parquet", STATUS_FILE, CHUNKS_DIR, LOGS_DIR),
+    )  # fmt: skip
+    # Shards of one decode share out_dir; two runs of the same shard (or two unsharded runs) may not.
+    lock = f".vidret-shard-{shard[0]}-of-{shard[1]}.lock" if sharded else LOCK_FILE
+    with locked(stage, lock):
+        decision = decide(stage, options.force)
+        if not decision.run:
+            return DecodeSummary(
+                out_dir, Counter(), 0, 0.0, 0, 0, len(chunks), len(chunks), len(entries), shard,
+                skip_reason=decision.reason,
+            )  # fmt: skip
         markers = _read_markers(out_dir)
-    summary = DecodeSummary(
-        out_dir=out_dir,
-        counts=counts,
-        frames=frames,
-        seconds=seconds,
-        chunks_run=len(todo),
-        chunks_already_committed=len(already_committed),
-        chunks_committed=len(_committed(out_dir, chunks, markers)),
-        chunks_total=len(chunks),
-        videos_total=len(entries),
-        shard=shard,
-    )
-    stage = read_stage(out_dir)
-    if summary.complete and (stage is None or stage["input"]["fingerprint"] != fingerprint):
-        _finish(out_dir, chunks, manifest, options, params, fingerprint, summary)
+        if sharded:
+            _refuse_other_parameters(out_dir, markers, params)
+        mine = [chunk for chunk in chunks if chunk.index % options.num_shards == options.shard_index]
+        already_committed = _committed(out_dir, mine, markers)
+        todo = [chunk for chunk in mine if chunk.index not in already_committed]
+        if options.force:
+            clear_outputs(out_dir)
+            markers, already_committed, todo = {}, set(), mine
+        else:
+            _refuse_losing_decoded(out_dir, todo, markers, stats)
+        counts, frames, seconds = Counter(), 0, 0.0
+        if todo:
+            begin(stage)  # the folder is about to change: it is no longer the one stage.json described
+            (out_dir / STATUS_FILE).unlink(missing_ok=True)
+            counts, frames, seconds = _decode_chunks(todo, stats, out_dir, options, params, reader, progress)
+            # Look again: runs of other shards may have committed chunks meanwhile, and
+            # the last run to finish must see them all to write the merged status.
+            markers = _read_markers(out_dir)
+        summary = DecodeSummary(
+            out_dir=out_dir,
+            counts=counts,
+            frames=frames,
+            seconds=seconds,
+            chunks_run=len(todo),
+            chunks_already_committed=len(already_committed),
+            chunks_committed=len(_committed(out_dir, chunks, markers)),
+            chunks_total=len(chunks),
+            videos_total=len(entries),
+            shard=shard,
+            ran_because=ran_because(decision),
+        )
+        if summary.complete:
+            _finish(stage, chunks, markers, manifest, options, summary)
     return summary
 
 
@@ -300,9 +374,6 @@ def _decode_chunks(
     to_decode = sum(problem is None for problem in problems)
     video_bytes = options.spec.frame_bytes * max(options.train_views, 1)
     window = max(4 * options.workers, REORDER_BUDGET_BYTES // video_bytes)
-    for chunk in chunks:
-        remove_temporaries(part_path(out_dir, chunk.index))
-        remove_temporaries(marker_path(out_dir, chunk.index))
     (out_dir / LOGS_DIR).mkdir(exist_ok=True)
     writer = ChunkWriter(out_dir, chunks, params, FRAMES_VIEWS_SCHEMA if options.train_views else FRAMES_SCHEMA)
     counts, frames = Counter(), 0
@@ -355,15 +426,15 @@ def _decode_chunks(
 
 
 def _finish(
-    out_dir: Path,
+    stage: Stage,
     chunks: list[Chunk],
+    markers: dict[int, Marker],
     manifest: Path,
     options: DecodeOptions,
-    params: dict,
-    fingerprint: str,
     summary: DecodeSummary,
 ) -> None:
-    """Every chunk is committed: write status.parquet and, last, stage.json."""
+    """Every chunk is committed: write status.parquet and commit stage.json."""
+    out_dir = stage.out
     status = merge_status(out_dir, chunks)
     written = [*out_dir.glob("part-*.parquet"), *(out_dir / CHUNKS_DIR).glob("part-*.parquet")]
     for index in {_chunk_index(path) for path in written} - {chunk.index for chunk in chunks}:
@@ -380,27 +451,27 @@ def _finish(
             "workers": options.workers,
             "shard": list(summary.shard),
         }
-    write_stage(
-        out_dir,
-        {
-            "stage": "decode",
-            "params": params,
-            "input": {
-                "manifest": str(manifest.absolute()),
-                "manifest_sha256": sha256_file(manifest),
-                "video_root": str(options.video_root) if options.video_root else None,
-                "videos": status.num_rows,
-                "fingerprint": fingerprint,
-            },
-            "counts": {name: counts[name] for name in DECODE_STATUSES if counts[name]},
-            "output": {
-                "parts": len(chunks),
-                "bytes": sum(part_path(out_dir, chunk.index).stat().st_size for chunk in chunks),
-                "parquet": FRAMES_PARQUET_OPTIONS,
-            },
-            "timeout_seconds": options.timeout,
-            "decoder_seconds": round(sum(status.column("seconds").to_pylist()), 3),
-            "throughput": throughput,
-            "libraries": library_versions("decord", "av", "pyarrow", "numpy"),
+    files = {
+        part_path(out_dir, chunk.index).name: markers[chunk.index].part or file_record(part_path(out_dir, chunk.index))
+        for chunk in chunks
+    }
+    files[STATUS_FILE] = file_record(out_dir / STATUS_FILE)
+    record = {
+        "input": {
+            "manifest": str(manifest.absolute()),
+            "manifest_sha256": sha256_file(manifest),
+            "video_root": str(options.video_root) if options.video_root else None,
+            "videos": status.num_rows,
         },
-    )
+        "counts": {name: counts[name] for name in DECODE_STATUSES if counts[name]},
+        "output": {
+            "parts": len(chunks),
+            "bytes": sum(files[part_path(out_dir, chunk.index).name]["bytes"] for chunk in chunks),
+            "parquet": FRAMES_PARQUET_OPTIONS,
+        },
+        "timeout_seconds": options.timeout,
+        "decoder_seconds": round(sum(status.column("seconds").to_pylist()), 3),
+        "throughput": throughput,
+        "libraries": library_versions("decord", "av", "pyarrow", "numpy"),
+    }
+    commit(stage, record, files)

@@ -23,22 +23,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.decode.worker import DecodeResult
-from pipeline.files import commit_file, temporary_path, write_parquet
+from pipeline.files import PARQUET_CHECKSUMS, commit_file, read_parquet, temporary_path, write_parquet
 from pipeline.manifest import ManifestEntry
-from pipeline.schemas import FRAMES_SCHEMA, STATUS_SCHEMA
+from pipeline.schemas import FRAMES_SCHEMA, STATUS_FILE, STATUS_SCHEMA
+from pipeline.stage import file_record
 
-STATUS_FILE = "status.parquet"
 CHUNKS_DIR = "_chunks"
 LOGS_DIR = "_logs"
 CHUNK_KEY = b"vidret.chunk_key"
 PARAMS_KEY = b"vidret.params"
+PART_KEY = b"vidret.part"  # the part file's size and SHA-256, as committed
 
 # One row group per row (a video, or one view of it): a reader can fetch any
 # single video (shuffled training, DuckDB ``WHERE video_id = ...``) without
 # reading its neighbours.
 # Statistics only on video_id, which makes that filter skip row groups; min/max
-# of megabyte-sized frame blobs would be useless. See README "Frames on disk".
-FRAMES_PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=["video_id"])
+# of megabyte-sized frame blobs would be useless. See docs/performance.md.
+# Page checksums: a flipped byte is an error when the frames are read, never other frames.
+FRAMES_PARQUET_OPTIONS = dict(
+    compression="lz4", use_dictionary=False, write_statistics=["video_id"], **PARQUET_CHECKSUMS
+)
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,29 @@ def marker_path(out_dir: Path, chunk_index: int) -> Path:
     return out_dir / CHUNKS_DIR / f"part-{chunk_index:05d}.status.parquet"
 
 
-def read_marker_metadata(path: Path) -> tuple[str, dict] | None:
-    """(chunk key, parameters) of a committed chunk, or None if there is no marker."""
+@dataclass(frozen=True)
+class Marker:
+    """A chunk's commit marker: its key, the parameters it was decoded with, and its part file's record."""
+
+    path: Path
+    key: str
+    params: dict
+    part: dict | None  # {"bytes", "sha256"}; None in markers of an earlier vidret
+
+    def statuses(self) -> tuple[list[str], list[str]]:
+        """(video ids, statuses) of the chunk's videos."""
+        table = read_parquet(self.path, columns=["video_id", "status"])
+        return table.column("video_id").to_pylist(), table.column("status").to_pylist()
+
+
+def read_marker(path: Path) -> Marker | None:
+    """The marker at ``path``, or None if there is none or it is damaged (its chunk is then redone)."""
     try:
         metadata = pq.read_schema(path).metadata or {}
-    except FileNotFoundError:
+        part = json.loads(metadata[PART_KEY]) if PART_KEY in metadata else None
+        return Marker(path, metadata.get(CHUNK_KEY, b"").decode(), json.loads(metadata.get(PARAMS_KEY, b"{}")), part)
+    except (OSError, pa.ArrowException, ValueError):
         return None
-    return metadata.get(CHUNK_KEY, b"").decode(), json.loads(metadata.get(PARAMS_KEY, b"{}"))
 
 
 def frames_table(result: DecodeResult, schema: pa.Schema = FRAMES_SCHEMA) -> pa.Table:
@@ -135,8 +155,13 @@ class ChunkWriter:
             return
         self._writer.close()
         self._writer = None
-        commit_file(self._temporary, part_path(self.out_dir, chunk.index))
-        metadata = {CHUNK_KEY: chunk.key.encode(), PARAMS_KEY: self._params_json}
+        part = part_path(self.out_dir, chunk.index)
+        commit_file(self._temporary, part)
+        metadata = {
+            CHUNK_KEY: chunk.key.encode(),
+            PARAMS_KEY: self._params_json,
+            PART_KEY: json.dumps(file_record(part)).encode(),
+        }
         write_parquet(marker_path(self.out_dir, chunk.index), status_table(self._chunk_results, metadata))
         self._chunk_results = []
         self._chunk_position += 1
@@ -152,7 +177,7 @@ class ChunkWriter:
 
 def merge_status(out_dir: Path, chunks: list[Chunk]) -> pa.Table:
     """Concatenate every chunk's statuses (manifest order) into status.parquet."""
-    tables = [pq.read_table(marker_path(out_dir, chunk.index)) for chunk in chunks]
+    tables = [read_parquet(marker_path(out_dir, chunk.index)) for chunk in chunks]
     merged = pa.concat_tables(tables).replace_schema_metadata(None)
     write_parquet(out_dir / STATUS_FILE, merged)
     return merged

@@ -5,24 +5,7 @@ One module per role: ``model`` (CLIP4Clip on open_clip, the heads, the factory),
 schedules, weight-decay and freezing rules), ``train`` (recipes, the loop,
 checkpoints and resume), ``embed`` (videos.parquet and texts.parquet),
 ``checkpoint`` and ``distributed`` (torchrun). Recipes are data: ``recipes/*.json``.
+
+Nothing is imported here, so that reading embeddings (``vidret index``) never loads open_clip:
+import from the module, e.g. ``from pipeline.encode.train import TrainOptions, train``.
 """
-
-from pipeline.encode.embed import EmbedOptions, EmbedSummary, embed
-from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip
-from pipeline.encode.train import Recipe, TrainOptions, TrainSummary, available_recipes, load_recipe, make_recipe, train
-
-__all__ = [
-    "CLIP4Clip",
-    "EmbedOptions",
-    "EmbedSummary",
-    "ModelSpec",
-    "Recipe",
-    "TrainOptions",
-    "TrainSummary",
-    "available_recipes",
-    "create_clip4clip",
-    "embed",
-    "load_recipe",
-    "make_recipe",
-    "train",
-]

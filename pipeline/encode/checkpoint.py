@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip, first_line
-from pipeline.errors import VidretError
+from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip
+from pipeline.errors import VidretError, first_line
 from pipeline.files import commit_file, temporary_path
 
 LAST_CHECKPOINT = "last.pt"

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.device import resolve_device
 from pipeline.errors import VidretError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -30,16 +29,6 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device not in DEVICES:
-        raise VidretError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VidretError("--device cuda: no CUDA device is available (use --device cpu)")
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def init_world(device: str = "auto") -> World:
@@ -71,3 +60,22 @@ def gather_to_all(world: World, item):
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def broadcast_decision(world: World, decide):
+    """Rank 0's ``decide()`` on every rank: only rank 0 reads and writes the output folder.
+
+    A refusal on rank 0 is raised on every rank, so that all of them stop."""
+    if not world.distributed:
+        return decide()
+    outcome = [None]
+    if world.is_main:
+        try:
+            outcome = [("ok", decide())]
+        except VidretError as error:
+            outcome = [("refused", str(error))]
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "refused":
+        raise VidretError(value)
+    return value

@@ -7,6 +7,7 @@ torchrun each rank embeds every world-size-th video and rank 0 writes the files.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,13 +19,13 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from pipeline import defaults
 from pipeline.encode.checkpoint import load_model, read_checkpoint
-from pipeline.encode.distributed import World, barrier, close_world, gather_to_all, init_world
+from pipeline.encode.distributed import World, barrier, broadcast_decision, close_world, gather_to_all, init_world
 from pipeline.encode.model import CLIP4Clip, ModelSpec, check_model_choice, create_clip4clip
 from pipeline.encode.reader import (
     FrameStore,
     VideoSelection,
-    describe_skipped,
     frames_and_manifest,
     prefetch_batches,
     select_videos,
@@ -33,11 +34,18 @@ from pipeline.errors import VidretError
 from pipeline.files import sha256_file, sha256_json, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
 from pipeline.metrics import retrieval_metrics
-from pipeline.schemas import TEXTS_SCHEMA, VIDEOS_SCHEMA
-from pipeline.stage import describe_rerun, library_versions, read_stage, remove_stage, write_stage
-
-VIDEOS_FILE = "videos.parquet"
-TEXTS_FILE = "texts.parquet"
+from pipeline.schemas import TEXTS_FILE, TEXTS_SCHEMA, VIDEOS_FILE, VIDEOS_SCHEMA
+from pipeline.stage import (
+    Stage,
+    begin,
+    commit,
+    decide,
+    describe_failures,
+    library_versions,
+    locked,
+    ran_because,
+    skip_line,
+)
 
 
 @torch.no_grad()
@@ -133,18 +141,18 @@ class EmbedOptions:
     manifest: Path
     out: Path
     checkpoint: Path | None = None  # a vidret checkpoint; else zero-shot from model + pretrained
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
-    head: str = "meanP"
+    model: str = defaults.MODEL
+    pretrained: str = defaults.PRETRAINED
+    head: str = defaults.HEAD
     # Zero-shot only (None: ModelSpec's defaults); a checkpoint's spec fixes these.
     caption_length: int | None = None
     precision: str | None = None
     normalize_frames: bool | None = None
-    split: str = "test"
+    split: str = defaults.EMBED_SPLIT
     video_root: Path | None = None
-    batch_size: int = 64
-    workers: int = 4
-    device: str = "auto"
+    batch_size: int = defaults.EMBED_BATCH_SIZE
+    workers: int = defaults.READ_WORKERS
+    device: str = defaults.DEVICE
     force: bool = False
     progress: bool = True
 
@@ -187,15 +195,15 @@ class EmbedSummary:
     seconds: float = 0.0
     video_seconds: float = 0.0  # of ``seconds``, embedding the videos (the rest: the captions)
     is_main: bool = True  # under torchrun, only rank 0 reports
-    skipped_run: str | None = None  # why nothing was embedded
-    rerun: str | None = None  # why earlier embeddings were replaced
+    skip_reason: str | None = None  # why nothing was embedded
+    ran_because: str = ""  # why earlier embeddings were replaced, as the line says it
 
     def line(self) -> str:
-        if self.skipped_run:
-            return f"embed: skipped, {self.skipped_run}"
-        why = f" (recomputed: {self.rerun})" if self.rerun else ""
+        if self.skip_reason:
+            return skip_line("embed", self.out)
+        why = self.ran_because
         skipped = sum(self.skipped.values())
-        detail = f" ({describe_skipped(self.skipped)})" if skipped else ""
+        detail = f" ({describe_failures(self.skipped)})" if skipped else ""
         rate = self.videos / self.seconds if self.seconds else 0.0
         return (
             f"embed: {self.videos} videos, {self.texts} captions, {skipped} videos skipped{detail} "
@@ -250,7 +258,8 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
     selection: VideoSelection = select_videos(store, manifest, select_split(manifest, options.split, options.manifest))
     if not selection.entries:
         raise VidretError(
-            f"{options.frames_dir}: no video of split {options.split!r} decoded ({describe_skipped(selection.skipped)})"
+            f"{options.frames_dir}: no video of split {options.split!r} decoded"
+            f" ({describe_failures(selection.skipped)})"
         )
     out = Path(options.out)
     source = model_source(options)
@@ -258,48 +267,50 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
         **frames_and_manifest(options.frames_dir, options.manifest),
         "video_root": str(options.video_root) if options.video_root else None,
     }
-    inputs["fingerprint"] = sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"], source])
+    fingerprint = sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"], source])
     params = {"split": options.split, "batch_size": options.batch_size, "device": world.device.type}
-    previous = read_stage(out)
-    reason = "--force" if options.force else describe_rerun(previous, inputs["fingerprint"], params)
-    if reason is None:
-        return EmbedSummary(
-            out,
-            videos=previous["counts"]["videos"],
-            texts=previous["counts"]["texts"],
-            is_main=world.is_main,
-            skipped_run=f"{out} already holds these embeddings: same frames, manifest, model and options"
-            " (--force recomputes)",
-        )
-    model, epoch = load_embedding_model(source)
-    video_ids = [entry.video_id for entry in selection.entries]
-    check_frame_size(model, store.frame_shape(video_ids), options.frames_dir)
-    model = model.to(world.device).eval()
+    read_from = (Path(options.frames_dir),) + ((Path(options.checkpoint).parent,) if options.checkpoint else ())
+    stage = Stage("embed", out, fingerprint, params, inputs=read_from, owns=(VIDEOS_FILE, TEXTS_FILE))
+    # Only rank 0 writes; the others follow its decision.
+    with locked(stage) if world.is_main else contextlib.nullcontext():
+        decision = broadcast_decision(world, lambda: decide(stage, options.force))
+        if not decision.run:
+            return EmbedSummary(
+                out,
+                videos=decision.previous["counts"]["videos"],
+                texts=decision.previous["counts"]["texts"],
+                is_main=world.is_main,
+                skip_reason=decision.reason,
+            )
+        model, epoch = load_embedding_model(source)
+        video_ids = [entry.video_id for entry in selection.entries]
+        check_frame_size(model, store.frame_shape(video_ids), options.frames_dir)
+        model = model.to(world.device).eval()
 
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stage(out)
-    started = time.perf_counter()
-    with tqdm(
-        total=len(video_ids), unit="video", desc="embed", disable=not (options.progress and world.is_main)
-    ) as bar:
-        videos = embed_videos(model, store, video_ids, world, options.batch_size, options.workers, bar.update)
-    video_seconds = time.perf_counter() - started  # embed_videos returns host arrays: the device is done
-    text_video_ids, captions = caption_pairs(selection.entries)
-    texts = embed_texts(model, model.tokenize(captions), world)
-    seconds = time.perf_counter() - started
+        if world.is_main:
+            begin(stage)
+        started = time.perf_counter()
+        with tqdm(
+            total=len(video_ids), unit="video", desc="embed", disable=not (options.progress and world.is_main)
+        ) as bar:
+            videos = embed_videos(model, store, video_ids, world, options.batch_size, options.workers, bar.update)
+        video_seconds = time.perf_counter() - started  # embed_videos returns host arrays: the device is done
+        text_video_ids, captions = caption_pairs(selection.entries)
+        texts = embed_texts(model, model.tokenize(captions), world)
+        seconds = time.perf_counter() - started
 
-    rerun = reason if previous else None
-    summary = EmbedSummary(
-        out, len(video_ids), len(captions), selection.skipped, seconds, video_seconds, world.is_main, rerun=rerun
-    )
-    if world.is_main:
-        write_parquet(out / VIDEOS_FILE, embeddings_table(VIDEOS_SCHEMA, videos, video_id=video_ids))
-        write_parquet(
-            out / TEXTS_FILE, embeddings_table(TEXTS_SCHEMA, texts, video_id=text_video_ids, caption=captions)
-        )
-        record = {**model.spec.to_dict(), **source, "epoch": epoch, "embedding_dim": model.clip.visual.output_dim}
-        write_stage(out, embed_record(record, inputs, params, summary, world))
-    barrier(world)
+        summary = EmbedSummary(
+            out, len(video_ids), len(captions), selection.skipped, seconds, video_seconds, world.is_main,
+            ran_because=ran_because(decision),
+        )  # fmt: skip
+        if world.is_main:
+            write_parquet(out / VIDEOS_FILE, embeddings_table(VIDEOS_SCHEMA, videos, video_id=video_ids))
+            write_parquet(
+                out / TEXTS_FILE, embeddings_table(TEXTS_SCHEMA, texts, video_id=text_video_ids, caption=captions)
+            )
+            record = {**model.spec.to_dict(), **source, "epoch": epoch, "embedding_dim": model.clip.visual.output_dim}
+            commit(stage, embed_record(record, inputs, summary, world), (VIDEOS_FILE, TEXTS_FILE))
+        barrier(world)
     return summary
 
 
@@ -310,11 +321,9 @@ def embeddings_table(schema: pa.Schema, embeddings: np.ndarray, **columns: list[
     return pa.table({**columns, "embedding": pa.ListArray.from_arrays(offsets, flat)}, schema=schema)
 
 
-def embed_record(model: dict, inputs: dict, params: dict, summary: EmbedSummary, world: World) -> dict:
+def embed_record(model: dict, inputs: dict, summary: EmbedSummary, world: World) -> dict:
     return {
-        "stage": "embed",
         "model": model,
-        "params": params,
         "normalised": "L2",
         "input": inputs,
         "counts": {"videos": summary.videos, "texts": summary.texts, "skipped": dict(summary.skipped)},

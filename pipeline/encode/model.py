@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg
 from torch import nn
 
-from pipeline.errors import VidretError
+from pipeline import defaults
+from pipeline.errors import VidretError, first_line
 
 open_clip.add_model_config(Path(__file__).with_name("model_configs"))
 
@@ -47,9 +48,9 @@ logger = logging.getLogger(__name__)
 class ModelSpec:
     """Everything needed to rebuild the model's architecture and read its inputs; stored in every checkpoint."""
 
-    model: str = "ViT-B-32"
-    head: str = "meanP"
-    pretrained: str = "none"  # where the CLIP weights came from: a tag, a file, or none
+    model: str = defaults.MODEL
+    head: str = defaults.HEAD
+    pretrained: str = defaults.PRETRAINED  # where the CLIP weights came from: a tag, a file, or none
     caption_length: int | None = None  # tokens per caption, SOT and EOT included; None: the full context length
     force_quick_gelu: bool = False  # QuickGELU towers although the model's config says GELU
     precision: str = "amp"  # one of PRECISIONS
@@ -306,11 +307,6 @@ def create_clip(name: str, pretrained: str, precision: str = "amp", force_quick_
         ) from None
 
 
-def first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def text_transformer_parts(clip: nn.Module) -> tuple[torch.Tensor, list[nn.Module], int]:
     """(token position embeddings, residual blocks, width) of a CLIP text tower."""
     text = getattr(clip, "text", clip)  # open_clip's CustomTextCLIP keeps the text tower under .text
@@ -342,13 +338,13 @@ def create_head(name: str, clip: nn.Module, embed_dim: int) -> nn.Module:
 
 
 def create_clip4clip(
-    model: str = "ViT-B-32",
-    pretrained: str = "none",
-    head: str = "meanP",
-    caption_length: int | None = None,
+    model: str = ModelSpec.model,
+    pretrained: str = ModelSpec.pretrained,
+    head: str = ModelSpec.head,
+    caption_length: int | None = ModelSpec.caption_length,
     *,
-    precision: str = "amp",
-    normalize_frames: bool = True,
+    precision: str = ModelSpec.precision,
+    normalize_frames: bool = ModelSpec.normalize_frames,
     force_quick_gelu: bool | None = None,
 ) -> CLIP4Clip:
     """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none) in ``precision``, a temporal

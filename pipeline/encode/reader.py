@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import torch
 
-from pipeline.decode.writer import STATUS_FILE
-from pipeline.errors import VidretError
-from pipeline.files import sha256_file
+from pipeline.errors import VidretError, first_line
+from pipeline.files import open_parquet, read_parquet, sha256_file
 from pipeline.manifest import ManifestEntry
-from pipeline.stage import STAGE_FILE, read_stage
+from pipeline.schemas import STATUS_FILE
+from pipeline.stage import STAGE_FILE, read_committed, read_stage
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,16 @@ class FrameStore:
         self.directory = Path(frames_dir)
         if not self.directory.is_dir():
             raise VidretError(f"{self.directory}: no such frames directory (run `vidret decode` first)")
-        if not (self.directory / STAGE_FILE).is_file():
+        # Sizes only: a flipped byte is caught by the page checksums as the frames are read.
+        record = read_committed(self.directory, "decode", deep=False)
+        if record is None:
             raise VidretError(f"{self.directory}: decode has not finished here (no {STAGE_FILE}); rerun vidret decode")
-        parts = sorted(self.directory.glob("part-*.parquet"))
+        files = record.get("files")
+        parts = (
+            sorted(self.directory / name for name in files if name.startswith("part-"))
+            if files
+            else sorted(self.directory.glob("part-*.parquet"))
+        )
         self.locations: dict[str, dict[int, FrameLocation]] = {}  # video_id -> view -> location
         for part in parts:
             self._index_part(part)
@@ -60,10 +67,10 @@ class FrameStore:
         self._local = threading.local()
 
     def _index_part(self, part: Path) -> None:
-        handle = pq.ParquetFile(part)
+        handle = open_parquet(part)
         has_views = "view" in handle.schema_arrow.names
         columns = ["video_id", "num_frames", "height", "width", "frame_indices"] + (["view"] if has_views else [])
-        table = handle.read(columns=columns)
+        table = read_parquet(part, columns=columns)  # a damaged page: one line naming the part file
         ids = table.column("video_id").to_pylist()
         views = table.column("view").to_pylist() if has_views else [0] * len(ids)
         shapes = zip(*(table.column(name).to_pylist() for name in ("num_frames", "height", "width")), strict=True)
@@ -101,8 +108,13 @@ class FrameStore:
         location = self.locations[video_id][view]
         handles = self._local.__dict__.setdefault("handles", {})  # ParquetFile is not shared across threads
         if location.part not in handles:
-            handles[location.part] = pq.ParquetFile(location.part)
-        column = handles[location.part].read_row_group(location.row_group, columns=["frames"]).column(0)
+            handles[location.part] = open_parquet(location.part)
+        try:
+            column = handles[location.part].read_row_group(location.row_group, columns=["frames"]).column(0)
+        except (pa.ArrowException, OSError) as error:
+            raise VidretError(
+                f"{location.part}: damaged frames of video {video_id!r} ({first_line(error)}); rerun vidret decode"
+            ) from None
         buffer = column[location.row].as_buffer()
         if buffer.size != np.prod(location.shape):
             raise VidretError(
@@ -142,7 +154,7 @@ def _real_frames(frame_indices: list[int], part: Path, video_id: str) -> int:
 def read_statuses(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise VidretError(f"{path}: missing; the frames directory is incomplete (rerun vidret decode)")
-    table = pq.read_table(path, columns=["video_id", "status"])
+    table = read_parquet(path, columns=["video_id", "status"])
     return dict(zip(table.column("video_id").to_pylist(), table.column("status").to_pylist(), strict=True))
 
 
@@ -152,11 +164,6 @@ class VideoSelection:
 
     entries: list[ManifestEntry]
     skipped: Counter = field(default_factory=Counter)  # decode status → count
-
-
-def describe_skipped(skipped: Counter) -> str:
-    """``"2 missing, 1 unreadable"``: skipped videos by decode status."""
-    return ", ".join(f"{count} {status}" for status, count in sorted(skipped.items())) or "none"
 
 
 def select_videos(

@@ -28,10 +28,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline import defaults
 from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
-from pipeline.encode.distributed import World, barrier, close_world, init_world
+from pipeline.encode.distributed import World, barrier, broadcast_decision, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
-from pipeline.encode.model import check_model_choice, check_precision, create_clip4clip, first_line
+from pipeline.encode.model import check_model_choice, check_precision, create_clip4clip
 from pipeline.encode.optim import (
     NO_DECAY_RULES,
     OPTIMIZERS,
@@ -42,10 +43,21 @@ from pipeline.encode.optim import (
     parameter_groups,
 )
 from pipeline.encode.reader import FrameBatch, FrameStore, frames_and_manifest, prefetch_batches, select_videos
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, first_line
 from pipeline.files import sha256_json, write_json
 from pipeline.manifest import read_manifest
-from pipeline.stage import describe_changes, describe_rerun, library_versions, read_stage, remove_stage, write_stage
+from pipeline.stage import (
+    Decision,
+    Stage,
+    begin,
+    commit,
+    decide,
+    describe_changes,
+    library_versions,
+    locked,
+    ran_because,
+    skip_line,
+)
 
 HISTORY_FILE = "history.json"
 
@@ -204,21 +216,21 @@ class TrainOptions:
     frames_dir: Path
     manifest: Path
     out: Path
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
-    head: str = "meanP"
+    model: str = defaults.MODEL
+    pretrained: str = defaults.PRETRAINED
+    head: str = defaults.HEAD
     caption_length: int | None = None  # tokens per caption (CLIP4Clip's max_words); None: the full context
-    recipe: Recipe = field(default_factory=lambda: load_recipe("mmaction2"))
-    recipe_name: str = "mmaction2"
-    accum_steps: int = 1
-    seed: int = 0
+    recipe: Recipe = field(default_factory=lambda: load_recipe(defaults.RECIPE))
+    recipe_name: str = defaults.RECIPE
+    accum_steps: int = defaults.ACCUM_STEPS
+    seed: int = defaults.TRAIN_SEED
     deterministic: bool = False
     video_root: Path | None = None
-    device: str = "auto"
-    workers: int = 4  # frame-reading threads per process
+    device: str = defaults.DEVICE
+    workers: int = defaults.READ_WORKERS  # frame-reading threads per process
     prefetch: int = 2  # batches read ahead
     eval_batch_size: int = 64
-    save_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+    save_every: int = defaults.SAVE_EVERY  # steps between mid-epoch checkpoints; 0 = at epoch ends only
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps of this run
     resume: bool = False
     force: bool = False
@@ -267,13 +279,13 @@ class TrainSummary:
     best: dict | None = None
     last_loss: float = float("nan")
     is_main: bool = True  # under torchrun, only rank 0 reports
-    skipped: str | None = None  # why nothing was trained
-    rerun: str | None = None  # why a finished earlier run was replaced
+    skip_reason: str | None = None  # why nothing was trained
+    ran_because: str = ""  # why a finished earlier run was replaced, as the line says it
 
     def line(self) -> str:
-        if self.skipped:
-            return f"train: skipped, {self.skipped}"
-        why = f" (retrained: {self.rerun})" if self.rerun else ""
+        if self.skip_reason:
+            return skip_line("train", self.out)
+        why = self.ran_because
         rate = self.samples / self.seconds if self.seconds else 0.0
         best = f", best val t2v R@1 {self.best['t2v']['R@1']:.1f} (epoch {self.best['epoch']})" if self.best else ""
         state = "stopped early; --resume continues" if self.stopped_early else f"{self.epochs_done} epochs"
@@ -333,11 +345,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class Trainer:
     """One training run: the model, its optimiser and schedule, the data order, and checkpoints."""
 
-    def __init__(self, options: TrainOptions, world: World, inputs: dict | None = None, replaces: str | None = None):
-        """``inputs``: from ``training_inputs`` (computed if not given); ``replaces``: why a finished run in
-        ``out`` may be replaced."""
+    def __init__(
+        self, options: TrainOptions, world: World, decision: Decision | None = None, inputs: dict | None = None
+    ):
+        """``decision``: why the run runs (from ``decide_training``); ``inputs``: ``training_inputs(options)``,
+        computed if not given."""
         self.options, self.world, self.recipe = options, world, options.recipe
-        self.replaces = replaces
+        inputs = inputs or training_inputs(options)
+        self.stage = training_stage(options, inputs)
+        self.decision = decision or Decision(True, "no earlier output", None)
         self.out = Path(options.out)
         self.store = FrameStore(options.frames_dir)
         manifest = read_manifest(options.manifest, options.video_root)
@@ -384,7 +400,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.input_record = {
-            **(inputs or training_inputs(options)),
+            **inputs,
             "train_videos": len(train.entries),
             "train_samples": len(captions),
             "train_views": self.train_views,
@@ -410,6 +426,7 @@ class Trainer:
                 {
                     **model_state(self.model),
                     "params": self.options.run_params(),
+                    "input_fingerprint": self.stage.fingerprint,
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "rng": rng_state(),
@@ -428,12 +445,17 @@ class Trainer:
 
     def restore(self) -> None:
         payload = read_checkpoint(self.out / LAST_CHECKPOINT)
-        saved, current = with_param_defaults(payload.get("params", {})), self.options.run_params()
+        saved, current = payload.get("params", {}), self.options.run_params()
         if saved != current:
             raise VidretError(
                 f"{self.out / LAST_CHECKPOINT}: --resume with other training parameters"
                 f" ({describe_changes(saved, current)}); "
                 "use the original ones, or --force to start over"
+            )
+        if payload.get("input_fingerprint", self.stage.fingerprint) != self.stage.fingerprint:
+            raise VidretError(
+                f"{self.out / LAST_CHECKPOINT}: --resume on other inputs: the frames or the manifest changed since"
+                " this run started; --force starts over on them"
             )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -445,17 +467,12 @@ class Trainer:
         self.history, self.best = payload["history"], payload["best"]
 
     def prepare_output(self) -> None:
-        """Refuse to overwrite a run unless asked; never delete one before the new run has a checkpoint."""
-        last = self.out / LAST_CHECKPOINT
+        """Restore a resumed run; mark the output unfinished. An earlier run's checkpoints stay until this
+        run writes its own."""
         if self.options.resume:
-            if not last.is_file():
-                raise VidretError(f"--resume: {last} does not exist; start a new run without --resume")
             self.restore()
-        elif last.is_file() and not (self.options.force or self.replaces):
-            raise VidretError(f"{self.out} already holds a training run; pass --resume to continue it or --force")
         if self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            remove_stage(self.out)
+            begin(self.stage)
         barrier(self.world)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -536,7 +553,9 @@ class Trainer:
     def run(self) -> TrainSummary:
         options, recipe = self.options, self.recipe
         self.prepare_output()
-        summary = TrainSummary(self.out, epochs_done=self.epoch, is_main=self.world.is_main, rerun=self.replaces)
+        summary = TrainSummary(
+            self.out, epochs_done=self.epoch, is_main=self.world.is_main, ran_because=ran_because(self.decision)
+        )
         say = tqdm.write if self.world.is_main else (lambda _: None)
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, unit="step", desc="train",
@@ -617,11 +636,9 @@ class Trainer:
     def finish(self, summary: TrainSummary) -> None:
         if not self.world.is_main:
             return
-        write_stage(
-            self.out,
+        commit(
+            self.stage,
             {
-                "stage": "train",
-                "params": self.options.run_params(),
                 "accum_steps": self.options.accum_steps,
                 "world_size": self.world.size,
                 "device": str(self.world.device),
@@ -637,6 +654,7 @@ class Trainer:
                 },
                 "libraries": library_versions("torch", "open_clip_torch", "pyarrow"),
             },
+            TRAIN_FILES,
         )
 
 
@@ -658,42 +676,51 @@ def describe_epoch(record: dict, epochs: int) -> str:
     )
 
 
-def with_param_defaults(params: dict) -> dict:
-    """Run parameters as saved by an older vidret, with the values it used for parameters it did not record:
-    runs from before ``caption_length`` tokenised to the full context length."""
-    return {"caption_length": None, **params} if params else params
-
-
 def training_inputs(options: TrainOptions) -> dict:
     """What training reads, with a fingerprint: the decoded frames and the manifest."""
     inputs = frames_and_manifest(options.frames_dir, options.manifest)
     return {**inputs, "fingerprint": sha256_json([inputs["frames_fingerprint"], inputs["manifest_sha256"]])}
 
 
-def train(options: TrainOptions) -> TrainSummary:
-    """Train and write ``best.pt``, ``last.pt`` and stage.json.
+TRAIN_FILES = (BEST_CHECKPOINT, LAST_CHECKPOINT, HISTORY_FILE)
 
-    A finished run in ``out`` made from the same inputs with the same parameters is kept (skipped);
-    one made from other inputs or parameters is replaced. An unfinished run is continued with
-    ``resume``, or replaced with ``force``, and otherwise refused.
+
+def train(options: TrainOptions) -> TrainSummary:
+    """Train and write ``best.pt``, ``last.pt`` and ``history.json``, then commit stage.json.
+
+    Through the stage contract: a finished run in ``out`` from the same inputs with the same parameters
+    is kept (skipped), one from other inputs or parameters is replaced. An unfinished run is continued
+    with ``resume``, replaced with ``force``, and otherwise refused: it is not this run's to destroy.
     """
     world = init_world(options.device)
     try:
         inputs = training_inputs(options)
-        previous = read_stage(Path(options.out))
-        if previous is not None:
-            previous = {**previous, "params": with_param_defaults(previous.get("params") or {})}
-        reason = describe_rerun(previous, inputs["fingerprint"], options.run_params())
-        if previous is not None and reason is None and not (options.force or options.resume):
-            return TrainSummary(
-                Path(options.out),
-                is_main=world.is_main,
-                skipped=f"{options.out} holds a finished run on these frames and manifest with these parameters"
-                " (--force retrains)",
-            )
-        replaces = None  # why a finished run in ``out`` may be replaced
-        if previous is not None and not options.resume:
-            replaces = "--force" if options.force else reason
-        return Trainer(options, world, inputs, replaces).run()
+        out = Path(options.out)
+        stage = training_stage(options, inputs)
+        with locked(stage) if world.is_main else contextlib.nullcontext():
+            decision = broadcast_decision(world, lambda: decide_training(stage, options))
+            if not decision.run:
+                return TrainSummary(out, is_main=world.is_main, skip_reason=decision.reason)
+            return Trainer(options, world, decision, inputs).run()
     finally:
         close_world(world)
+
+
+def training_stage(options: TrainOptions, inputs: dict) -> Stage:
+    """The run's stage contract: ``inputs`` from ``training_inputs``."""
+    frames = (Path(options.frames_dir),)
+    return Stage("train", Path(options.out), inputs["fingerprint"], options.run_params(), frames, TRAIN_FILES)
+
+
+def decide_training(stage: Stage, options: TrainOptions) -> Decision:
+    """``stage.decide``, and the run a plain rerun must not destroy: an unfinished one in ``out``."""
+    last = stage.out / LAST_CHECKPOINT
+    decision = decide(stage, options.force)
+    if options.resume:
+        if not last.is_file():
+            raise VidretError(f"--resume: {last} does not exist; start a new run without --resume")
+        return Decision(True, "--resume", None)
+    finished = decision.previous is not None and "finished" in decision.previous
+    if decision.run and last.is_file() and not finished and not options.force:
+        raise VidretError(f"{stage.out} holds an unfinished training run; --resume continues it, --force starts over")
+    return decision

@@ -1,16 +1,15 @@
 """The index stage: embeddings in; FAISS index, ranks and metrics out.
 
-Reads ``RUN/embeddings`` (ours, or any in the public format), writes to ``RUN/index``:
-``videos.faiss`` and ``video_ids.parquet``, ``ranks.parquet``, ``metrics.json``,
-optionally a ``--dump`` pickle, and ``stage.json`` last. A rerun whose
-embeddings files and parameters are unchanged is skipped.
+Reads ``RUN/embeddings`` (ours, checked against its stage.json, or any in the public
+format), writes to ``RUN/index``: ``videos.faiss`` and ``video_ids.parquet``,
+``ranks.parquet``, ``metrics.json``, optionally a ``--dump`` pickle, and the commit
+record last, through the stage contract (``pipeline.stage``).
 """
 
 from __future__ import annotations
 
 import pickle
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,38 +18,37 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from pipeline.encode.distributed import resolve_device
-from pipeline.encode.embed import TEXTS_FILE, VIDEOS_FILE
-from pipeline.encode.reader import describe_skipped
+from pipeline.device import resolve_device
 from pipeline.errors import VidretError
 from pipeline.files import commit_file, sha256_file, sha256_json, temporary_path, write_json, write_parquet
-from pipeline.index.faiss_index import (
-    ID_MAP_FILE,
-    INDEX_FILE,
-    build_index,
-    faiss_gpus,
-    on_search_device,
-    search,
-    write_index,
-)
+from pipeline.index.faiss_index import build_index, faiss_gpus, on_search_device, search, write_index
 from pipeline.index.reader import Embeddings, read_embeddings
 from pipeline.manifest import read_manifest
 from pipeline.metrics import RECALL_AT, retrieval_ranks, summarize_ranks
-from pipeline.stage import describe_rerun, library_versions, read_stage, remove_stage, write_stage
-
-METRICS_FILE = "metrics.json"
-RANKS_FILE = "ranks.parquet"
-DUMP_FORMAT = "vidret-index-dump"
-RANKS_SCHEMA = pa.schema(
-    [
-        ("direction", pa.string()),  # t2v: a caption queries the videos; v2t: a video queries the captions
-        ("query", pa.int64()),  # the query's row in texts.parquet (t2v) or videos.parquet (v2t)
-        ("video_id", pa.string()),  # t2v: the caption's ground-truth video; v2t: the query video
-        ("caption", pa.string()),  # t2v: the query caption; v2t: null
-        ("rank", pa.int64()),  # 1-based rank of the ground truth, ties counted against it
-        ("rank_dsl", pa.int64()),  # the same under dual softmax; null without --dsl
-    ]
+from pipeline.schemas import (
+    ID_MAP_FILE,
+    INDEX_FILE,
+    METRICS_FILE,
+    RANKS_FILE,
+    RANKS_SCHEMA,
+    TEXTS_FILE,
+    VIDEOS_FILE,
 )
+from pipeline.stage import (
+    STAGE_FILE,
+    Stage,
+    begin,
+    commit,
+    decide,
+    describe_failures,
+    library_versions,
+    locked,
+    ran_because,
+    read_committed,
+    skip_line,
+)
+
+DUMP_FORMAT = "vidret-index-dump"
 
 
 @dataclass(frozen=True)
@@ -92,27 +90,27 @@ class IndexSummary:
     out: Path
     metrics: dict
     seconds: float = 0.0
-    skipped: str | None = None  # why nothing was computed
-    rerun: str | None = None  # why an earlier output was replaced
+    skip_reason: str | None = None  # why nothing was computed
+    ran_because: str = ""  # why earlier output was replaced, as the line says it
     not_embedded: dict[str, int] = field(default_factory=dict)  # videos of the split decode failed, by status
+    notes: list[str] = field(default_factory=list)  # what could not be checked
 
     def line(self) -> str:
-        if self.skipped:
-            return f"index: skipped, {self.skipped}"
+        if self.skip_reason:
+            return skip_line("index", self.out)
         t2v = self.metrics["t2v"]
-        why = f" (recomputed: {self.rerun})" if self.rerun else ""
         # A benchmark's figures are comparable only on its whole test set: say when videos are absent.
         absent = sum(self.not_embedded.values())
         incomplete = (
             f"; not in these metrics: {absent} videos of the split that decode skipped"
-            f" ({describe_skipped(Counter(self.not_embedded))})"
+            f" ({describe_failures(self.not_embedded)})"
             if absent
             else ""
         )
         return (
             f"index: {self.metrics['num_videos']} videos, {self.metrics['num_texts']} captions in {self.seconds:.1f} s;"
             f" t2v R@1 {t2v['R@1']:.1f} MdR {t2v['MdR']:g} -> {self.out}"
-            f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){incomplete}{why}"
+            f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){incomplete}{self.ran_because}"
         )
 
 
@@ -129,39 +127,94 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def embeddings_fingerprint(directory: Path) -> str:
-    """A digest of the embeddings files' contents: what the index stage's output depends on."""
-    return sha256_json({name: sha256_file(directory / name) for name in (VIDEOS_FILE, TEXTS_FILE)})
+OUTPUT_FILES = (INDEX_FILE, ID_MAP_FILE, RANKS_FILE, METRICS_FILE)
+
+
+def read_embeddings_record(embeddings_dir: Path) -> tuple[dict, list[str]]:
+    """The embed stage's record of ``embeddings_dir`` with its two files checked against it (empty for a
+    user's embeddings), and notes on what could not be checked."""
+    for name in (VIDEOS_FILE, TEXTS_FILE):
+        if not (embeddings_dir / name).is_file():
+            raise VidretError(f"{embeddings_dir / name}: no such file; write embeddings with `vidret encode embed`")
+    record = read_committed(embeddings_dir, "embed", (VIDEOS_FILE, TEXTS_FILE))
+    if record is None:
+        return {}, [
+            f"{embeddings_dir} has no {STAGE_FILE}: could not check that {VIDEOS_FILE} and {TEXTS_FILE}"
+            " come from one model and one run"
+        ]
+    if "files" not in record:
+        return record, [f"{embeddings_dir / STAGE_FILE} lists no file hashes (an earlier vidret): not checked"]
+    return record, []
+
+
+def check_dump(dump: Path, embeddings_dir: Path, out: Path) -> None:
+    """Refuse a --dump path that would overwrite an input, an output of this stage, or a file that is not a dump."""
+    dump = dump.absolute()
+    if embeddings_dir.resolve() in dump.resolve().parents:
+        raise VidretError(f"--dump {dump}: inside the embeddings folder, an input of this stage; write it elsewhere")
+    if dump.parent.resolve() == out.resolve() and (dump.name in OUTPUT_FILES or dump.name == STAGE_FILE):
+        raise VidretError(f"--dump {dump}: the name of one of index's own files; choose another name")
+    if dump.is_file() and not is_dump(dump):
+        raise VidretError(f"--dump {dump}: exists and is not a dump vidret wrote; choose a new path")
+
+
+def is_dump(path: Path) -> bool:
+    """Whether ``path`` starts as ``write_dump`` writes: a pickled dict whose first entry is its format."""
+    with open(path, "rb") as handle:
+        return DUMP_FORMAT.encode() in handle.read(64)
 
 
 def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: IndexOptions | None = None) -> IndexSummary:
     """Index ``embeddings_dir`` into ``out``; evaluate retrieval; skip if ``out`` is up to date."""
     options = options or IndexOptions()
     embeddings_dir, out = Path(embeddings_dir), Path(out)
-    for name in (VIDEOS_FILE, TEXTS_FILE):
-        if not (embeddings_dir / name).is_file():
-            raise VidretError(f"{embeddings_dir / name}: no such file; write embeddings with `vidret encode embed`")
-    if out.resolve() == embeddings_dir.resolve():
-        raise VidretError(f"{out}: --out must be a folder of its own, not the embeddings folder")
+    upstream, notes = read_embeddings_record(embeddings_dir)
+    fingerprint = sha256_json({name: sha256_file(embeddings_dir / name) for name in (VIDEOS_FILE, TEXTS_FILE)})
+    dump = Path(options.dump) if options.dump is not None else None
+    owns = (*OUTPUT_FILES, dump.name) if dump is not None and dump.parent.absolute() == out.absolute() else OUTPUT_FILES
+    stage = Stage("index", out, fingerprint, options.output_params(), inputs=(embeddings_dir,), owns=owns)
+    if dump is not None:
+        check_dump(dump, embeddings_dir, out)
     device = resolve_device(options.device)
-    fingerprint, params = embeddings_fingerprint(embeddings_dir), options.output_params()
-    previous = read_stage(out)
-    reason = describe_rerun(previous, fingerprint, params)
-    if options.dump is not None and not Path(options.dump).is_file():
-        reason = reason or f"{options.dump} is missing"
-    if options.force:
-        reason = "--force"
-    if reason is None:
-        return IndexSummary(
-            out,
-            previous["metrics"],
-            skipped=f"{out} already indexes these embeddings with these options (--force recomputes)",
-        )
+    with locked(stage):
+        decision = decide(stage, options.force)
+        if not decision.run:
+            return IndexSummary(out, decision.previous["metrics"], skip_reason=decision.reason, notes=notes)
+        embeddings = read_embeddings(embeddings_dir)
+        begin(stage)
+        started = time.perf_counter()
+        metrics, ranks = evaluate_ranks(embeddings, options, device)
+        index = build_index(embeddings.videos)
+        not_embedded = (upstream.get("counts") or {}).get("skipped") or {}
+        write_index(out, index, embeddings.video_ids, video_paths(upstream, embeddings.video_ids))
+        write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
+        write_json(out / METRICS_FILE, metrics)
+        files = list(OUTPUT_FILES)
+        if dump is not None:
+            write_dump(dump, embeddings, ranks, metrics, on_search_device(index), options.top_k)
+            files.append(str(dump.relative_to(out.absolute())) if dump.name in owns else str(dump.absolute()))
+        seconds = time.perf_counter() - started
+        record = {
+            "input": {"embeddings": str(embeddings_dir.absolute())},
+            "model": upstream.get("model"),  # which text tower `vidret search` must use
+            "metrics": metrics,
+            "counts": {
+                "videos": metrics["num_videos"],
+                "texts": metrics["num_texts"],
+                "dim": embeddings.dim,
+                "not_embedded": not_embedded,
+            },
+            "throughput": {"seconds": round(seconds, 3), "rank_device": str(device), "faiss_gpus": faiss_gpus()},
+            "libraries": library_versions("faiss-cpu", "faiss-gpu", "torch", "pyarrow"),
+        }
+        commit(stage, record, files)
+    return IndexSummary(
+        out, metrics, seconds, ran_because=ran_because(decision), not_embedded=not_embedded, notes=notes
+    )
 
-    embeddings = read_embeddings(embeddings_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stage(out)
-    started = time.perf_counter()
+
+def evaluate_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> tuple[dict, dict]:
+    """The metrics and every query's ground-truth rank."""
     ranks = compute_ranks(embeddings, options, device)
     metrics = {
         "t2v": summarize_ranks(ranks["t2v"]),
@@ -175,34 +228,7 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
             "v2t": summarize_ranks(ranks["v2t_dsl"]),
             "scale": options.dsl_scale,
         }
-    index = build_index(embeddings.videos)
-    upstream = read_stage(embeddings_dir) or {}
-    not_embedded = (upstream.get("counts") or {}).get("skipped") or {}
-    write_index(out, index, embeddings.video_ids, video_paths(upstream, embeddings.video_ids))
-    write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
-    write_json(out / METRICS_FILE, metrics)
-    if options.dump is not None:
-        write_dump(Path(options.dump), embeddings, ranks, metrics, on_search_device(index), options.top_k)
-    seconds = time.perf_counter() - started
-    write_stage(
-        out,
-        {
-            "stage": "index",
-            "params": params,
-            "input": {"embeddings": str(embeddings_dir.absolute()), "fingerprint": fingerprint},
-            "model": upstream.get("model"),  # which text tower `vidret search` must use
-            "metrics": metrics,
-            "counts": {
-                "videos": metrics["num_videos"],
-                "texts": metrics["num_texts"],
-                "dim": embeddings.dim,
-                "not_embedded": not_embedded,
-            },
-            "throughput": {"seconds": round(seconds, 3), "rank_device": str(device), "faiss_gpus": faiss_gpus()},
-            "libraries": library_versions("faiss-cpu", "faiss-gpu", "torch", "pyarrow"),
-        },
-    )
-    return IndexSummary(out, metrics, seconds, rerun=reason if previous else None, not_embedded=not_embedded)
+    return metrics, ranks
 
 
 def compute_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> dict[str, np.ndarray]:

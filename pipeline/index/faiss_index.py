@@ -14,14 +14,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.errors import VidretError
-from pipeline.files import commit_file, temporary_path, write_parquet
-
-INDEX_FILE = "videos.faiss"
-ID_MAP_FILE = "video_ids.parquet"
-ID_MAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("video_id", pa.string()), ("path", pa.string())])
+from pipeline.errors import VidretError, first_line
+from pipeline.files import commit_file, read_parquet, temporary_path, write_parquet
+from pipeline.schemas import ID_MAP_FILE, ID_MAP_SCHEMA, INDEX_FILE
 
 
 def faiss_gpus() -> int:
@@ -68,8 +64,13 @@ def read_index(directory: Path) -> tuple[faiss.Index, pa.Table]:
     for path in (index_path, ids_path):
         if not path.is_file():
             raise VidretError(f"{path}: no such file; build the index with `vidret index`")
-    index = faiss.read_index(str(index_path))
-    ids = pq.read_table(ids_path)
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as error:  # FAISS reports a damaged file as a RuntimeError with a C++ trace
+        raise VidretError(
+            f"{index_path}: not a readable FAISS index ({first_line(error)}); rebuild it with `vidret index --force`"
+        ) from None
+    ids = read_parquet(ids_path)
     if ids.num_rows != index.ntotal:
         raise VidretError(f"{ids_path}: {ids.num_rows} ids for the {index.ntotal} vectors of {index_path}")
     return index, ids

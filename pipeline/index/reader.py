@@ -1,6 +1,6 @@
 """Read and check ``RUN/embeddings/{videos,texts}.parquet``, ours or a user's.
 
-The files may come from any tool that follows the public format (README,
+The files may come from any tool that follows the public format (docs/formats.md,
 "Embeddings"), so everything is checked, and every problem is reported as one
 line naming the file and the rows at fault.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.encode.embed import TEXTS_FILE, VIDEOS_FILE
 from pipeline.errors import VidretError
+from pipeline.files import read_parquet
+from pipeline.schemas import TEXTS_FILE, VIDEOS_FILE
 
 SHOWN = 5  # offending rows named in an error message
 
@@ -58,10 +58,7 @@ def _is_list(kind: pa.DataType) -> bool:
 def _read_table(path: Path, columns: list[str]) -> pa.Table:
     if not path.is_file():
         raise VidretError(f"{path}: no such file")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
-        raise VidretError(f"{path}: not a readable Parquet file ({error})") from None
+    table = read_parquet(path)
     missing = [name for name in columns if name not in table.column_names]
     if missing:
         raise VidretError(f"{path}: missing column(s) {', '.join(missing)}; has {', '.join(table.column_names)}")
