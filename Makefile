@@ -11,31 +11,24 @@ VIDRET := $(BIN)/vidret
 # A public benchmark, defined in pipeline/datasets/catalog/DATASET.json (`vidret manifest datasets` lists them):
 #   make manifest DATASET=msrvtt-9k ANNOTATIONS=path/to/annotations VIDEO_DIR=path/to/videos
 #   make decode encode index DATASET=msrvtt-9k
-# The definition's defaults (the model and its weights, frames, crop, sampling, train views, caption
-# length, recipe, test split) replace the CPU defaults below; any variable given on the command line
-# still wins.
+# Every stage gets --dataset DATASET: the definition's defaults (the model and its weights, frames, crop,
+# sampling, train views, caption length, recipe, test split) replace the library's, as `vidret --dataset`
+# does by hand (pipeline/datasets/presets.py). The CPU defaults below are then left out, and a variable
+# given on the command line (FRAMES=8, MODEL=..., EMBED_SPLIT=...) passes its flag, which still wins.
 ifdef DATASET
 DEFINITION := pipeline/datasets/catalog/$(DATASET).json
 ifeq ($(wildcard $(DEFINITION)),)
 $(error DATASET=$(DATASET): no $(DEFINITION); `vidret manifest datasets` lists the known ones)
 endif
-dataset_default = $(shell $(PYTHON) -c 'import json, sys; v = json.load(open(sys.argv[1]))["defaults"][sys.argv[2]]; print("" if v is None else v)' $(DEFINITION) $(1))
+DATASET_ARGS := --dataset $(DATASET)
 MANIFEST ?= manifests/$(DATASET).jsonl
 RUN ?= runs/$(DATASET)
-FRAMES ?= $(call dataset_default,frames)
-SIZE ?= $(call dataset_default,size)
-DECODE_ARGS ?= --short-side $(call dataset_default,short_side) --sampling $(call dataset_default,sampling) \
-	--interpolation $(call dataset_default,interpolation) --train-views $(call dataset_default,train_views)
-MODEL ?= $(call dataset_default,model)
-PRETRAINED ?= $(call dataset_default,pretrained)
-# A null caption length (MMAction2's: CLIP's full 77-token context) passes no --caption-length.
-CAPTION_ARGS := $(if $(call dataset_default,caption_length),--caption-length $(call dataset_default,caption_length))
-TRAIN_ARGS ?= --recipe $(call dataset_default,recipe) $(CAPTION_ARGS)
-EMBED_SPLIT ?= $(call dataset_default,test_split)
-# A test-only benchmark (msrvtt-1k-a) has nothing to train: embed zero-shot with the pretrained model.
-CHECKPOINT ?= $(if $(call dataset_default,train_split),$(RUN)/model/best.pt)
-ZERO_SHOT_ARGS ?= $(CAPTION_ARGS)
+# A test-only benchmark (msrvtt-1k-a, "train_split": null) has nothing to train: embed zero-shot with the
+# definition's pretrained model.
+CHECKPOINT ?= $(if $(findstring "train_split": null,$(file <$(DEFINITION))),,$(RUN)/model/best.pt)
 endif
+# $(call flag,--frames,FRAMES): --frames $(FRAMES), or nothing where FRAMES is unset (the preset's value).
+flag = $(if $($(2)),$(1) $($(2)))
 
 DATA ?= data/synthetic
 VIDEOS ?= 500
@@ -43,21 +36,24 @@ SEED ?= 0
 MANIFEST ?= $(DATA)/manifest.jsonl
 RUN ?= runs/demo
 SPLIT ?= all
+ifndef DATASET
 FRAMES ?= 12
 # The defaults run on a CPU: the shipped vidret-tiny config takes 112x112 frames.
 # The CLIP4Clip reference: SIZE=224 MODEL=ViT-B-32-quickgelu PRETRAINED=openai (or DATASET=msrvtt-9k).
 SIZE ?= 112
-DECODE_ARGS ?=
 MODEL ?= vidret-tiny
 PRETRAINED ?= none
-HEAD ?= meanP
 # Randomly initialised towers on a CPU: the demo's recipe (lr 1e-3, nothing frozen), not a fine-tuning one.
 TRAIN_ARGS ?= --recipe demo
 EMBED_SPLIT ?= test
+endif
+DECODE_ARGS ?=
+HEAD ?= meanP
+TRAIN_ARGS ?=
 # Embed with the trained checkpoint; CHECKPOINT= (empty) embeds zero-shot with MODEL and PRETRAINED.
 CHECKPOINT ?= $(RUN)/model/best.pt
 ZERO_SHOT_ARGS ?=
-EMBED_MODEL = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model $(MODEL) --pretrained $(PRETRAINED) --head $(HEAD) $(ZERO_SHOT_ARGS))
+EMBED_MODEL = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),$(call flag,--model,MODEL) $(call flag,--pretrained,PRETRAINED) --head $(HEAD) $(ZERO_SHOT_ARGS))
 EMBED_ARGS ?=
 INDEX_ARGS ?=
 QUERY ?= a large red circle moves left on a black background
@@ -78,23 +74,24 @@ synth: setup
 	$(VIDRET) synth $(DATA) --videos $(VIDEOS) --seed $(SEED)
 
 decode: setup
-	$(VIDRET) decode $(MANIFEST) --out $(RUN)/frames --split $(SPLIT) --frames $(FRAMES) --size $(SIZE) $(DECODE_ARGS)
+	$(VIDRET) decode $(MANIFEST) --out $(RUN)/frames $(DATASET_ARGS) --split $(SPLIT) $(call flag,--frames,FRAMES) \
+		$(call flag,--size,SIZE) $(DECODE_ARGS)
 
 # Train on the train split (validating on val), then embed.
 encode: setup
-	$(VIDRET) encode train $(RUN)/frames --manifest $(MANIFEST) --out $(RUN)/model \
-		--model $(MODEL) --pretrained $(PRETRAINED) --head $(HEAD) $(TRAIN_ARGS)
+	$(VIDRET) encode train $(RUN)/frames --manifest $(MANIFEST) --out $(RUN)/model $(DATASET_ARGS) \
+		$(call flag,--model,MODEL) $(call flag,--pretrained,PRETRAINED) --head $(HEAD) $(TRAIN_ARGS)
 	$(MAKE) embed
 
 embed: setup
 	$(VIDRET) encode embed $(RUN)/frames --manifest $(MANIFEST) $(EMBED_MODEL) \
-		--out $(RUN)/embeddings --split $(EMBED_SPLIT) $(EMBED_ARGS)
+		--out $(RUN)/embeddings $(DATASET_ARGS) $(call flag,--split,EMBED_SPLIT) $(EMBED_ARGS)
 
 # Every stage skips itself when its output is up to date (same inputs, same options), so
 # `make index` after `make encode` reruns only the index, and a changed option reruns only
 # the stages that depend on it. Pass --force in a stage's *_ARGS to redo it anyway.
 index: setup
-	$(VIDRET) index $(RUN)/embeddings --out $(RUN)/index $(INDEX_ARGS)
+	$(VIDRET) index $(RUN)/embeddings --out $(RUN)/index $(DATASET_ARGS) $(INDEX_ARGS)
 
 manifest: setup
 	$(if $(and $(DATASET),$(ANNOTATIONS),$(VIDEO_DIR)),,$(error make manifest needs DATASET=, ANNOTATIONS= and VIDEO_DIR=))

@@ -2,13 +2,72 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pipeline import defaults
+from pipeline.decode.reader import FrameSpec
+from pipeline.decode.run import DecodeOptions
 from pipeline.errors import VidretError
+from pipeline.synth import SynthOptions
+
+
+def default_of(options: type, name: str):
+    """The default of field ``name`` of the options dataclass ``options`` (a default_factory is called).
+    Every default the CLI shows comes from the library: these light dataclasses, or pipeline/defaults.py for
+    the ones whose modules import torch or open_clip (TrainOptions, EmbedOptions, IndexOptions)."""
+    (field,) = [field for field in dataclasses.fields(options) if field.name == name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+# The library's defaults of the options a --dataset preset can set (pipeline/datasets/presets.py), per stage.
+# Their flags default to None, so that a command tells a flag given from one left out.
+LIBRARY_DEFAULTS = {
+    "decode": {
+        "frames": default_of(FrameSpec, "num_frames"),
+        "size": default_of(FrameSpec, "size"),
+        "short_side": default_of(FrameSpec, "short_side"),
+        "sampling": default_of(FrameSpec, "sampling"),
+        "interpolation": default_of(FrameSpec, "interpolation"),
+        "train_views": default_of(DecodeOptions, "train_views"),
+    },
+    # caption_length None: the model's full context length (ModelSpec's).
+    "train": {
+        "model": defaults.MODEL,
+        "pretrained": defaults.PRETRAINED,
+        "caption_length": None,
+        "recipe": defaults.RECIPE,
+    },
+    "embed": {
+        "model": defaults.MODEL,
+        "pretrained": defaults.PRETRAINED,
+        "caption_length": None,
+        "split": defaults.EMBED_SPLIT,
+    },
+    "index": {},
+}
+
+
+def shown(stage: str, name: str) -> str:
+    """The library's default of a preset-able option, as --help shows it."""
+    return f"{LIBRARY_DEFAULTS[stage][name]}, or --dataset's"
+
+
+def stage_options(stage: str, dataset: str | None, ignore: tuple[str, ...] = (), **given) -> dict:
+    """The values of ``stage``'s preset-able options: ``{**library defaults, **preset_options(dataset, stage),
+    **given flags (not None)}``, so a flag given wins over the --dataset preset, and the preset over the
+    library's defaults; the preset's options in ``ignore`` are left out. An unknown dataset is a DatasetError."""
+    from pipeline.datasets.presets import preset_options
+
+    preset = {name: value for name, value in preset_options(dataset, stage).items() if name not in ignore}
+    return {**LIBRARY_DEFAULTS[stage], **preset, **{name: value for name, value in given.items() if value is not None}}
+
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,16 +85,34 @@ app.add_typer(encode_app, name="encode")
 # Options shared by `encode train` and `encode embed`.
 FramesDir = Annotated[Path, typer.Argument(help="Decoded frames (RUN/frames), as written by vidret decode.")]
 ManifestOption = Annotated[Path, typer.Option(help="The manifest the frames were decoded from (.jsonl).")]
-ModelOption = Annotated[str, typer.Option(help="open_clip model name; vidret-tiny and vidret-micro run on a CPU.")]
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A benchmark (vidret manifest datasets lists them): its definition's defaults replace the"
+        " library's for the options whose default says --dataset's; a flag given still wins.",
+        show_default=False,
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="open_clip model name; vidret-tiny and vidret-micro run on a CPU.",
+        show_default=shown("train", "model"),
+    ),
+]
 PretrainedOption = Annotated[
-    str, typer.Option(help="CLIP weights: an open_clip tag (downloaded when online), a local file, or none.")
+    str | None,
+    typer.Option(
+        help="CLIP weights: an open_clip tag (downloaded when online), a local file, or none.",
+        show_default=shown("train", "pretrained"),
+    ),
 ]
 HeadOption = Annotated[str, typer.Option(help="Temporal head: meanP, seqLSTM or seqTransf.")]
 CaptionLengthOption = Annotated[
     int | None,
     typer.Option(
         help="Tokens per caption, SOT and EOT included (CLIP4Clip's max_words: 32; 64 for paragraphs);"
-        " default: the model's context length.",
+        " default: the model's context length, or --dataset's.",
         show_default=False,
     ),
 ]
@@ -139,13 +216,17 @@ def manifest_datasets() -> None:
 @reports_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="Output folder: videos/, manifest.jsonl, synth.json.")],
-    videos: Annotated[int, typer.Option(help="Number of videos (20% test, 10% val, the rest train).")] = 200,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    videos: Annotated[int, typer.Option(help="Number of videos (20% test, 10% val, the rest train).")] = default_of(
+        SynthOptions, "videos"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = default_of(
+        SynthOptions, "seed"
+    ),
     force: Annotated[bool, typer.Option(help="Replace a dataset made with other options.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Write the built-in synthetic dataset: H.264 clips of moving shapes, with captions."""
-    from pipeline.synth import SynthOptions, make_synthetic_dataset
+    from pipeline.synth import make_synthetic_dataset
 
     summary = make_synthetic_dataset(out, SynthOptions(videos=videos, seed=seed), force=force, progress=progress)
     typer.echo(summary.line())
@@ -156,76 +237,103 @@ def synth(
 def decode(
     manifest: Annotated[Path, typer.Argument(help="The manifest file (.jsonl).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/frames.")],
-    split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = "all",
-    frames: Annotated[int, typer.Option(help="Frames sampled per video.")] = 12,
-    size: Annotated[int, typer.Option(help="Side of the square centre crop, in pixels.")] = 224,
+    dataset: DatasetOption = None,
+    split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = default_of(
+        DecodeOptions, "split"
+    ),
+    frames: Annotated[
+        int | None,
+        typer.Option(help="Frames sampled per video.", show_default=shown("decode", "frames")),
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Side of the square centre crop (pixels).", show_default=shown("decode", "size"))
+    ] = None,
     short_side: Annotated[
         int | None,
         typer.Option(
             help="Resize the short side to this before cropping (CLIP4Clip: the crop size).",
-            show_default="size x 256/224, as MMAction2",
+            show_default="size x 256/224, as MMAction2; or --dataset's",
         ),
     ] = None,
     sampling: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="uniform (MMAction2 UniformSample, test mode), linspace (evenly over the whole video),"
             " clip4clip (one frame per second, then T of them evenly: CLIP4Clip's --slice_framepos 2)"
-            " or clip4clip-head (one per second, the first T: --slice_framepos 0)."
+            " or clip4clip-head (one per second, the first T: --slice_framepos 0).",
+            show_default=shown("decode", "sampling"),
         ),
-    ] = "uniform",
+    ] = None,
     interpolation: Annotated[
-        str, typer.Option(help="The resize filter: bilinear (MMAction2) or bicubic (CLIP4Clip; --decoder pyav only).")
-    ] = "bilinear",
+        str | None,
+        typer.Option(
+            help="The resize filter: bilinear (MMAction2) or bicubic (CLIP4Clip; --decoder pyav only).",
+            show_default=shown("decode", "interpolation"),
+        ),
+    ] = None,
     train_views: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Store this many train-mode draws (MMAction2 UniformSample) of each train video, one row each;"
-            " 0: one test-mode row, as for val and test. Needs --sampling uniform."
+            " 0: one test-mode row, as for val and test. Needs --sampling uniform.",
+            show_default=shown("decode", "train_views"),
         ),
-    ] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the --train-views draws.")] = 0,
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --train-views draws.")] = default_of(DecodeOptions, "seed"),
     decoder: Annotated[
         str,
         typer.Option(
             help="pyav (decodes only what the sampled frames need) or decord (to match frames it decoded before)."
         ),
-    ] = "pyav",
+    ] = default_of(FrameSpec, "decoder"),
     workers: Annotated[
         int | None, typer.Option(help="Decoder processes.", show_default="one per available core")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per video before its decoder process is killed.")] = 60.0,
-    shard_size: Annotated[int, typer.Option(help="Videos per Parquet part file (the unit of resumption).")] = 100,
-    num_shards: Annotated[int, typer.Option(help="Split the work over this many independent runs (machines).")] = 1,
-    shard_index: Annotated[int, typer.Option(help="Which of the --num-shards runs this is, from 0.")] = 0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds per video before its decoder process is killed.")
+    ] = default_of(DecodeOptions, "timeout"),
+    shard_size: Annotated[
+        int, typer.Option(help="Videos per Parquet part file (the unit of resumption).")
+    ] = default_of(DecodeOptions, "shard_size"),
+    num_shards: Annotated[
+        int, typer.Option(help="Split the work over this many independent runs (machines).")
+    ] = default_of(DecodeOptions, "num_shards"),
+    shard_index: Annotated[int, typer.Option(help="Which of the --num-shards runs this is, from 0.")] = default_of(
+        DecodeOptions, "shard_index"
+    ),
     video_root: Annotated[
         Path | None, typer.Option(help="Resolve relative video paths here, not next to the manifest.")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Delete what an earlier decode wrote to --out and start again.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Delete what an earlier decode wrote to --out and start again.")
+    ] = default_of(DecodeOptions, "force"),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Sample frames uniformly from every video and write them to Parquet shards."""
-    from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
-    from pipeline.decode.distributor import default_workers
+    from pipeline.decode import decode_videos
 
+    chosen = stage_options(
+        "decode", dataset, frames=frames, size=size, short_side=short_side, sampling=sampling,
+        interpolation=interpolation, train_views=train_views,
+    )  # fmt: skip
     options = DecodeOptions(
         spec=FrameSpec(
-            num_frames=frames,
-            size=size,
-            short_side=short_side,
-            sampling=sampling,
+            num_frames=chosen["frames"],
+            size=chosen["size"],
+            short_side=chosen["short_side"],
+            sampling=chosen["sampling"],
             decoder=decoder,
-            interpolation=interpolation,
+            interpolation=chosen["interpolation"],
         ),
         split=split,
         shard_size=shard_size,
-        workers=default_workers() if workers is None else workers,
+        **({} if workers is None else {"workers": workers}),  # DecodeOptions' default: one per available core
         timeout=timeout,
         num_shards=num_shards,
         shard_index=shard_index,
         video_root=video_root,
         force=force,
-        train_views=train_views,
+        train_views=chosen["train_views"],
         seed=seed,
     )
     typer.echo(decode_videos(manifest, out, options, progress=progress).line())
@@ -237,14 +345,18 @@ def encode_train(
     frames_dir: FramesDir,
     manifest: ManifestOption,
     out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/model.")],
-    model: ModelOption = "ViT-B-32",
-    pretrained: PretrainedOption = "openai",
-    head: HeadOption = "meanP",
+    dataset: DatasetOption = None,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
+    head: HeadOption = defaults.HEAD,
     caption_length: CaptionLengthOption = None,
     recipe: Annotated[
-        str,
-        typer.Option(help="mmaction2, clip4clip, demo, or a recipe .json file: the defaults of the options below."),
-    ] = "mmaction2",
+        str | None,
+        typer.Option(
+            help="mmaction2, clip4clip, demo, or a recipe .json file: the defaults of the options below.",
+            show_default=shown("train", "recipe"),
+        ),
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Passes over every (video, caption) pair of train.", show_default="recipe")
     ] = None,
@@ -280,37 +392,44 @@ def encode_train(
     ] = None,
     precision: PrecisionOption = None,
     normalize_frames: NormalizeFramesOption = None,
-    accum_steps: Annotated[int, typer.Option(help="Split each batch into this many micro-batches (exact loss).")] = 1,
-    seed: Annotated[int, typer.Option(help="Seeds the initialisation and the data order.")] = 0,
+    accum_steps: Annotated[
+        int, typer.Option(help="Split each batch into this many micro-batches (exact loss).")
+    ] = defaults.ACCUM_STEPS,
+    seed: Annotated[int, typer.Option(help="Seeds the initialisation and the data order.")] = defaults.TRAIN_SEED,
     deterministic: Annotated[bool, typer.Option(help="Deterministic kernels (slower on GPUs).")] = False,
-    save_every: Annotated[int, typer.Option(help="Steps between mid-epoch checkpoints; 0: at epoch ends only.")] = 0,
+    save_every: Annotated[
+        int, typer.Option(help="Steps between mid-epoch checkpoints; 0: at epoch ends only.")
+    ] = defaults.SAVE_EVERY,
     stop_after: Annotated[
         int | None, typer.Option(help="Stop after this many steps with a checkpoint (for time-limited jobs).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
     force: Annotated[bool, typer.Option(help="Start over, replacing the run in --out.")] = False,
     video_root: VideoRootOption = None,
-    device: DeviceOption = "auto",
-    workers: WorkersOption = 4,
+    device: DeviceOption = defaults.DEVICE,
+    workers: WorkersOption = defaults.READ_WORKERS,
     progress: ProgressOption = True,
 ) -> None:
     """Train CLIP4Clip on the train split, validating on val each epoch. Runs under torchrun for DDP."""
+    chosen = stage_options(
+        "train", dataset, model=model, pretrained=pretrained, caption_length=caption_length, recipe=recipe
+    )
     from pipeline.encode.train import TrainOptions, make_recipe, train
 
     options = TrainOptions(
         frames_dir=frames_dir,
         manifest=manifest,
         out=out,
-        model=model,
-        pretrained=pretrained,
+        model=chosen["model"],
+        pretrained=chosen["pretrained"],
         head=head,
-        caption_length=caption_length,
+        caption_length=chosen["caption_length"],
         recipe=make_recipe(
-            recipe, epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
+            chosen["recipe"], epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
             warmup=warmup, warmup_start=warmup_start, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,
             freeze_layers=freeze_layers, precision=precision, normalize_frames=normalize_frames,
         ),
-        recipe_name=recipe,
+        recipe_name=chosen["recipe"],
         accum_steps=accum_steps,
         seed=seed,
         deterministic=deterministic,
@@ -337,21 +456,35 @@ def encode_embed(
     checkpoint: Annotated[
         Path | None, typer.Option(help="A vidret checkpoint (RUN/model/best.pt); without it, zero-shot CLIP.")
     ] = None,
-    model: ModelOption = "ViT-B-32",
-    pretrained: PretrainedOption = "openai",
-    head: HeadOption = "meanP",
+    dataset: DatasetOption = None,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
+    head: HeadOption = defaults.HEAD,
     caption_length: CaptionLengthOption = None,
     precision: PrecisionOption = None,
     normalize_frames: NormalizeFramesOption = None,
-    split: Annotated[str, typer.Option(help="all, or one or more of train,val,test (comma-separated).")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Videos per forward pass, per process.")] = 64,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="all, or one or more of train,val,test (comma-separated); --dataset's is its test split.",
+            show_default=shown("embed", "split"),
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Videos per forward pass, per process.")] = defaults.EMBED_BATCH_SIZE,
     video_root: VideoRootOption = None,
-    device: DeviceOption = "auto",
-    workers: WorkersOption = 4,
+    device: DeviceOption = defaults.DEVICE,
+    workers: WorkersOption = defaults.READ_WORKERS,
     force: Annotated[bool, typer.Option(help="Embed again even if --out is up to date.")] = False,
     progress: ProgressOption = True,
 ) -> None:
     """Write L2-normalised video and caption embeddings (videos.parquet, texts.parquet); skip if up to date."""
+    from pipeline.datasets.presets import CHECKPOINT_FIXES
+
+    # A checkpoint fixes the model: the preset sets only the zero-shot one's.
+    ignore = CHECKPOINT_FIXES if checkpoint is not None else ()
+    chosen = stage_options(
+        "embed", dataset, ignore, model=model, pretrained=pretrained, caption_length=caption_length, split=split
+    )
     from pipeline.encode.embed import EmbedOptions, embed
 
     options = EmbedOptions(
@@ -359,13 +492,13 @@ def encode_embed(
         manifest=manifest,
         out=out,
         checkpoint=checkpoint,
-        model=model,
-        pretrained=pretrained,
+        model=chosen["model"],
+        pretrained=chosen["pretrained"],
         head=head,
-        caption_length=caption_length,
+        caption_length=chosen["caption_length"],
         precision=precision,
         normalize_frames=normalize_frames,
-        split=split,
+        split=chosen["split"],
         video_root=video_root,
         batch_size=batch_size,
         workers=workers,
@@ -385,20 +518,33 @@ def index(
         Path, typer.Argument(help="Embeddings (RUN/embeddings): videos.parquet and texts.parquet, ours or yours.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder, conventionally RUN/index.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="A benchmark (vidret manifest datasets lists them); no index option depends on it today:"
+            " accepted, and checked, as by the other stages.",
+            show_default=False,
+        ),
+    ] = None,
     dsl: Annotated[
         bool, typer.Option(help="Also report dual-softmax re-weighted metrics, under their own label.")
     ] = False,
-    dsl_scale: Annotated[float, typer.Option(help="Softmax scale of the dual-softmax prior.")] = 100.0,
+    dsl_scale: Annotated[
+        float, typer.Option(help="Softmax scale of the dual-softmax prior.")
+    ] = defaults.INDEX_DSL_SCALE,
     dump: Annotated[
         Path | None, typer.Option(help="Write a pickle with per-query ids, top-k, ranks and the features.")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Neighbours per query in the --dump file.")] = 10,
-    block_size: Annotated[int, typer.Option(help="Queries per block of the similarity matrix (memory).")] = 4096,
-    device: DeviceOption = "auto",
+    top_k: Annotated[int, typer.Option(help="Neighbours per query in the --dump file.")] = defaults.INDEX_TOP_K,
+    block_size: Annotated[
+        int, typer.Option(help="Queries per block of the similarity matrix (memory).")
+    ] = defaults.INDEX_BLOCK_SIZE,
+    device: DeviceOption = defaults.DEVICE,
     force: Annotated[bool, typer.Option(help="Recompute even if --out is up to date.")] = False,
     progress: ProgressOption = True,
 ) -> None:
     """Build the FAISS video index and score retrieval: metrics.json, ranks.parquet, videos.faiss."""
+    stage_options("index", dataset)  # sets nothing today; an unknown name is an error, as for every stage
     from pipeline.index import IndexOptions, index_embeddings, metrics_table
 
     options = IndexOptions(
@@ -406,6 +552,8 @@ def index(
         force=force, progress=progress,
     )  # fmt: skip
     summary = index_embeddings(embeddings, out, options)
+    for note in summary.notes:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(metrics_table(summary.metrics))
     typer.echo(summary.line())
 

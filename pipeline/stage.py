@@ -62,7 +62,7 @@ class Stage:
 class Decision:
     run: bool
     reason: str  # why it runs, or why it is skipped
-    previous: dict | None  # the earlier record, finished or not; None if there is none or it is unreadable
+    previous: dict | None  # the earlier record, finished or not ({} if unreadable); None if there is none
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -115,7 +115,7 @@ def decide(stage: Stage, force: bool = False) -> Decision:
     try:
         previous = read_stage(stage.out)
     except VidretError as error:
-        return Decision(True, f"its {STAGE_FILE} is damaged ({error})", None)
+        return Decision(True, f"its {STAGE_FILE} is damaged ({error})", {})  # an earlier output, unreadable
     if previous is not None and previous["stage"] != stage.name:
         raise VidretError(
             f"{stage.out}: holds the output of vidret {previous['stage']}, not {stage.name}; choose another --out"

@@ -1,4 +1,5 @@
-"""`make … DATASET=…`: a benchmark's definition supplies the stage options (checked with make -n)."""
+"""`make … DATASET=…`: every stage gets --dataset, so the benchmark's definition supplies the stage options
+(checked with make -n; tests/test_presets.py checks what --dataset sets)."""
 
 import shutil
 import subprocess
@@ -19,32 +20,69 @@ def planned_commands(*args: str) -> list[str]:
     return [" ".join(line.split()) for line in joined.splitlines() if "vidret " in line]
 
 
-def test_dataset_defaults_reach_every_stage():
-    decode, train, embed, index = planned_commands("decode", "encode", "index", "DATASET=msvd")
-    assert decode.endswith(
-        "vidret decode manifests/msvd.jsonl --out runs/msvd/frames --split all --frames 12 --size 224"
-        " --short-side 224 --sampling clip4clip --interpolation bicubic --train-views 0"
-    )
-    assert train.endswith(
-        "vidret encode train runs/msvd/frames --manifest manifests/msvd.jsonl --out runs/msvd/model"
-        " --model ViT-B-32-quickgelu --pretrained openai --head meanP --recipe clip4clip --caption-length 32"
-    )
-    assert "--checkpoint runs/msvd/model/best.pt --out runs/msvd/embeddings --split test" in embed
-    assert index.endswith("vidret index runs/msvd/embeddings --out runs/msvd/index")
+# The options --dataset sets (pipeline/datasets/presets.py): make passes none of them itself.
+PRESET_FLAGS = (
+    "--frames", "--size", "--short-side", "--sampling", "--interpolation", "--train-views", "--model", "--pretrained",
+    "--caption-length", "--recipe", "--split test",
+)  # fmt: skip
 
-    (decode,) = planned_commands("decode", "DATASET=activitynet", "FRAMES=32")  # the command line wins
-    assert "--frames 32 --size 224" in decode
-    decode, train, _ = planned_commands("decode", "encode", "DATASET=msrvtt-9k")
-    assert decode.endswith("--sampling uniform --interpolation bilinear --train-views 5")
-    assert train.endswith("--recipe mmaction2")  # MMAction2 tokenises to CLIP's full context
+
+def test_dataset_reaches_every_stage_as_dataset_flag():
+    """The definition's defaults travel as --dataset, so make passes none of the options it sets."""
+    decode, train, embed, index = planned_commands("decode", "encode", "index", "DATASET=msvd")
+    assert decode.endswith("vidret decode manifests/msvd.jsonl --out runs/msvd/frames --dataset msvd --split all")
+    assert train.endswith(
+        "vidret encode train runs/msvd/frames --manifest manifests/msvd.jsonl --out runs/msvd/model --dataset msvd"
+        " --head meanP"
+    )
+    assert embed.endswith(
+        "--manifest manifests/msvd.jsonl --checkpoint runs/msvd/model/best.pt --out runs/msvd/embeddings --dataset msvd"
+    )
+    assert index.endswith("vidret index runs/msvd/embeddings --out runs/msvd/index --dataset msvd")
+    for command in (decode, train, embed, index):
+        assert "python" not in command and not any(flag in command for flag in PRESET_FLAGS), command
+
+
+def test_variables_on_the_command_line_still_win():
+    (decode,) = planned_commands("decode", "DATASET=activitynet", "FRAMES=32")
+    assert decode.endswith("--dataset activitynet --split all --frames 32")
+    (decode,) = planned_commands("decode", "DATASET=msvd", "FRAMES=8", "SIZE=112", "DECODE_ARGS=--short-side 128")
+    assert decode.endswith("--dataset msvd --split all --frames 8 --size 112 --short-side 128")
+    train, embed = planned_commands(
+        "encode", "DATASET=msrvtt-9k", "MODEL=vidret-tiny", "PRETRAINED=none", "TRAIN_ARGS=--recipe demo",
+        "EMBED_SPLIT=val", "CHECKPOINT=",
+    )  # fmt: skip
+    assert train.endswith("--dataset msrvtt-9k --model vidret-tiny --pretrained none --head meanP --recipe demo")
+    assert embed.endswith(
+        "--model vidret-tiny --pretrained none --head meanP --out runs/msrvtt-9k/embeddings --dataset msrvtt-9k"
+        " --split val"
+    )
+
+
+def test_without_a_dataset_the_cpu_defaults_remain():
+    decode, train, embed, index = planned_commands("decode", "encode", "index")
+    assert decode.endswith("--out runs/demo/frames --split all --frames 12 --size 112")
+    assert train.endswith("--out runs/demo/model --model vidret-tiny --pretrained none --head meanP --recipe demo")
+    assert embed.endswith("--checkpoint runs/demo/model/best.pt --out runs/demo/embeddings --split test")
+    assert index.endswith("vidret index runs/demo/embeddings --out runs/demo/index")
+    assert not any("--dataset" in command for command in (decode, train, embed, index))
+    demo = planned_commands("demo")
+    assert demo[2].endswith(
+        "vidret decode data/synthetic/manifest.jsonl --out runs/demo/frames --frames 4 --size 112 --short-side 112"
+    )
+    assert "--model vidret-tiny --pretrained none --head seqTransf --recipe demo" in demo[3]
+    assert not any("--dataset" in command for command in demo)
 
 
 def test_a_test_only_dataset_embeds_zero_shot():
+    """No train split (msrvtt-1k-a): no checkpoint; --dataset sets the zero-shot model and its caption length."""
     (embed,) = planned_commands("embed", "DATASET=msrvtt-1k-a")
-    assert "--manifest manifests/msrvtt-1k-a.jsonl --model ViT-B-32-quickgelu --pretrained openai --head meanP" in embed
-    assert "--caption-length" not in embed and "--checkpoint" not in embed
+    assert embed.endswith(
+        "--manifest manifests/msrvtt-1k-a.jsonl --head meanP --out runs/msrvtt-1k-a/embeddings --dataset msrvtt-1k-a"
+    )
+    assert "--checkpoint" not in embed and "--model" not in embed
     (embed,) = planned_commands("embed", "DATASET=lsmdc", "CHECKPOINT=")
-    assert "--model ViT-B-32-quickgelu --pretrained openai --head meanP --caption-length 32" in embed
+    assert embed.endswith("--manifest manifests/lsmdc.jsonl --head meanP --out runs/lsmdc/embeddings --dataset lsmdc")
 
 
 def test_manifest_target_and_unknown_dataset():

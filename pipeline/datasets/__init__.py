@@ -4,8 +4,10 @@ annotation formats, and the manifest builder behind ``vidret manifest build``.""
 from pipeline.datasets.build import ManifestBuildSummary, Problem, build_manifest
 from pipeline.datasets.definitions import DatasetDefinition, available_datasets, load_definition
 from pipeline.datasets.formats import READERS, DatasetError
+from pipeline.datasets.presets import PRESET_KEYS, preset_options
 
 __all__ = [
+    "PRESET_KEYS",
     "READERS",
     "DatasetDefinition",
     "DatasetError",
@@ -14,4 +16,5 @@ __all__ = [
     "available_datasets",
     "build_manifest",
     "load_definition",
+    "preset_options",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,6 +28,11 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     try:
         torch.save({"format": FORMAT, **payload}, temporary)
         commit_file(temporary, path)
+    except RuntimeError as error:  # torch's zip writer reports a full disk as "unexpected pos ..."
+        free = shutil.disk_usage(path.parent).free
+        raise VidretError(
+            f"{path}: could not write the checkpoint ({first_line(error)}; {free / 2**20:.0f} MiB free on its disk)"
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
 

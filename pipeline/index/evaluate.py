@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from pipeline import defaults
 from pipeline.device import resolve_device
 from pipeline.errors import VidretError
 from pipeline.files import commit_file, sha256_file, sha256_json, temporary_path, write_json, write_parquet
@@ -53,12 +54,12 @@ DUMP_FORMAT = "vidret-index-dump"
 
 @dataclass(frozen=True)
 class IndexOptions:
-    top_k: int = 10  # neighbours per query in the --dump file
+    top_k: int = defaults.INDEX_TOP_K  # neighbours per query in the --dump file
     dsl: bool = False
-    dsl_scale: float = 100.0  # softmax scale of the dual-softmax prior
+    dsl_scale: float = defaults.INDEX_DSL_SCALE  # softmax scale of the dual-softmax prior
     dump: Path | None = None
-    block_size: int = 4096  # queries per block of the similarity matrix
-    device: str = "auto"  # where ranks are computed: auto (CUDA when present), cpu or cuda
+    block_size: int = defaults.INDEX_BLOCK_SIZE  # queries per block of the similarity matrix
+    device: str = defaults.DEVICE  # where ranks are computed: auto (CUDA when present), cpu or cuda
     force: bool = False
     progress: bool = True
 

@@ -1,0 +1,30 @@
+"""Defaults written once, for options whose dataclasses live in modules that import torch or open_clip.
+
+This module imports nothing, so the ``vidret`` command line reads these at start-up to show and apply
+its defaults without importing the heavy stages. ``ModelSpec`` and ``create_clip4clip``
+(pipeline/encode/model.py), ``TrainOptions`` (pipeline/encode/train.py), ``EmbedOptions``
+(pipeline/encode/embed.py) and ``IndexOptions`` (pipeline/index/evaluate.py) take their defaults
+from here; the light dataclasses (``FrameSpec``, ``DecodeOptions``, ``SynthOptions``) are read by the
+CLI directly.
+"""
+
+# The model: open_clip's ViT-B/32 with OpenAI's CLIP weights (the reference; downloaded when online, a
+# one-line error offline: pass --pretrained none or a local file there) and the parameter-free meanP head.
+MODEL = "ViT-B-32"
+PRETRAINED = "openai"
+HEAD = "meanP"
+
+# encode train and encode embed
+RECIPE = "mmaction2"  # a recipe in pipeline/encode/recipes/ or a .json file: the optimiser's defaults
+DEVICE = "auto"  # CUDA when present, else the CPU
+READ_WORKERS = 4  # frame-reading threads per process
+ACCUM_STEPS = 1  # micro-batches per batch
+TRAIN_SEED = 0
+SAVE_EVERY = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
+EMBED_SPLIT = "test"
+EMBED_BATCH_SIZE = 64  # videos per forward pass, per process
+
+# index (IndexOptions in pipeline/index/evaluate.py)
+INDEX_TOP_K = 10  # neighbours per query in the --dump file
+INDEX_DSL_SCALE = 100.0  # softmax scale of the dual-softmax prior
+INDEX_BLOCK_SIZE = 4096  # queries per block of the similarity matrix
