@@ -41,7 +41,7 @@ from pipeline.encode.train import TrainOptions, make_recipe, train
 from pipeline.files import write_json
 from pipeline.manifest import write_manifest
 from pipeline.schemas import FRAMES_SCHEMA, STATUS_SCHEMA
-from pipeline.stage import write_stage
+from pipeline.stage import Stage, commit
 
 CAPTION = "a {} clip number {} of a person doing something in a room"
 TEXT_BATCH = 256  # embed_texts' batch
@@ -70,7 +70,8 @@ def write_random_frames(root: Path, videos: int, frames: int, size: int, shard: 
     ids = [record["video_id"] for record in records]
     status = pa.table([ids, ["ok"] * videos, [""] * videos, [0.0] * videos], schema=STATUS_SCHEMA)
     pq.write_table(status, frames_dir / "status.parquet")
-    write_stage(frames_dir, {"stage": "decode", "params": {"synthetic": "random frames"}})
+    written = [path.name for path in sorted(frames_dir.glob("*.parquet"))]
+    commit(Stage("decode", frames_dir, "random frames", {"synthetic": "random frames"}), {}, written)
     write_manifest(root / "manifest.jsonl", records)
     return frames_dir
 
