@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, path_error, shown_path
 from pipeline.files import write_text
 
 SPLITS = ("train", "val", "test")
@@ -36,7 +36,6 @@ class ManifestEntry:
 
 def read_manifest(manifest: Path | str, video_root: Path | str | None = None) -> list[ManifestEntry]:
     """Parse and validate a manifest; raise ManifestError naming file and line."""
-    from pipeline.errors import path_error, shown_path
 
     manifest = Path(manifest)
     try:

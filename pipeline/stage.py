@@ -42,6 +42,13 @@ from pipeline.files import read_json, remove_stale_temporaries, sha256_file, wri
 STAGE_FILE = "stage.json"
 LOCK_FILE = ".vidret.lock"
 UP_TO_DATE = "same inputs and parameters; --force redoes it"
+COMMANDS = {
+    "synth": "vidret synth",
+    "decode": "vidret decode",
+    "train": "vidret encode train",
+    "embed": "vidret encode embed",
+    "index": "vidret index",
+}  # what writes each stage's output, for the messages that say what to rerun
 
 
 @dataclass(frozen=True)
@@ -228,7 +235,7 @@ def read_committed(directory: Path, stage: str, names: Iterable[str] = (), deep:
     record = read_stage(directory)
     if record is None:
         return None
-    rerun = f"rerun vidret {stage.replace('train', 'encode train').replace('embed', 'encode embed')}"
+    rerun = f"rerun {COMMANDS[stage]}"
     if record["stage"] != stage:
         raise VidretError(f"{directory}: holds the output of vidret {record['stage']}, not of {stage}")
     if "finished" not in record:

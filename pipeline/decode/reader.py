@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.decode.sampling import PADDING, SAMPLINGS, sample_frame_indices
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, check_number
 
 DECODERS = ("pyav", "decord")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -60,7 +60,6 @@ class FrameSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        from pipeline.errors import check_number
 
         check_number("--frames", self.num_frames, integer=True, at_least=1)
         check_number("--size", self.size, integer=True, at_least=1)

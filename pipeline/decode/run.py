@@ -37,9 +37,9 @@ from pipeline.decode.writer import (
     part_path,
     read_marker,
 )
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, check_number
 from pipeline.files import sha256_file, sha256_json
-from pipeline.manifest import ManifestEntry, read_manifest, select_split
+from pipeline.manifest import ManifestEntry, parse_splits, read_manifest, select_split
 from pipeline.schemas import DECODE_STATUSES, FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA, STATUS_FILE
 from pipeline.stage import (
     LOCK_FILE,
@@ -80,8 +80,6 @@ class DecodeOptions:
     seed: int = 0  # of the train-mode draws
 
     def __post_init__(self) -> None:
-        from pipeline.errors import check_number
-        from pipeline.manifest import parse_splits
 
         parse_splits(self.split)  # before the manifest is read
         check_number("--shard-size", self.shard_size, integer=True, at_least=1)

@@ -30,7 +30,7 @@ from pipeline.encode.reader import (
     prefetch_batches,
     select_videos,
 )
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, check_number, check_path
 from pipeline.files import sha256_file, sha256_json, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
 from pipeline.metrics import retrieval_metrics
@@ -157,7 +157,6 @@ class EmbedOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from pipeline.errors import check_number, check_path
 
         for path, what in ((self.frames_dir, "frames directory"), (self.manifest, "manifest"),
                            (self.out, "output folder"), (self.checkpoint, "checkpoint"),

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.errors import VidretError, first_line
+from pipeline.errors import VidretError, check_path, first_line, shown_path
 from pipeline.files import open_parquet, read_parquet, sha256_file
-from pipeline.manifest import ManifestEntry
+from pipeline.manifest import ManifestEntry, read_manifest
 from pipeline.schemas import STATUS_FILE
 from pipeline.stage import STAGE_FILE, read_committed, read_stage
 
@@ -206,8 +206,6 @@ def select_videos(
 def frames_and_manifest(frames_dir: Path | str, manifest: Path | str) -> dict:
     """What a stage reading decoded frames records of its inputs: both paths, the frames' decode
     fingerprint and the manifest's SHA-256."""
-    from pipeline.errors import check_path, shown_path
-    from pipeline.manifest import read_manifest
 
     frames_dir, manifest = Path(frames_dir), Path(manifest)
     check_path(frames_dir, "frames directory")  # a NUL byte or a symlink loop: one line, not a traceback

@@ -43,7 +43,7 @@ from pipeline.encode.optim import (
     parameter_groups,
 )
 from pipeline.encode.reader import FrameBatch, FrameStore, frames_and_manifest, prefetch_batches, select_videos
-from pipeline.errors import VidretError, first_line
+from pipeline.errors import VidretError, check_number, check_path, first_line, number_problem
 from pipeline.files import sha256_json, write_json
 from pipeline.manifest import read_manifest
 from pipeline.stage import (
@@ -184,7 +184,6 @@ def recipe_field_name(field_name: str, given: dict | set = ()) -> str:
 def check_recipe_fields(recipe: Recipe, name: str, given: dict | set = ()) -> None:
     """Refuse a Recipe field of the wrong type, out of its range or not one of its choices, in one line naming
     the recipe and the field (``given``: the fields the command line set)."""
-    from pipeline.errors import number_problem
 
     for field_name, (integer, bounds, optional, why) in RECIPE_NUMBERS.items():
         value = getattr(recipe, field_name)
@@ -237,7 +236,6 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from pipeline.errors import check_number, check_path
 
         for path, what in ((self.frames_dir, "frames directory"), (self.manifest, "manifest"),
                            (self.out, "output folder"), (self.video_root, "video root")):  # fmt: skip

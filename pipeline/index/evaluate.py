@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline import defaults
 from pipeline.device import resolve_device
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, check_number, check_path, shown_path
 from pipeline.files import commit_file, sha256_file, sha256_json, temporary_path, write_json, write_parquet
 from pipeline.index.faiss_index import build_index, faiss_gpus, on_search_device, search, write_index
 from pipeline.index.reader import Embeddings, read_embeddings
@@ -64,7 +64,6 @@ class IndexOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from pipeline.errors import check_number, check_path, shown_path
 
         check_number("--top-k", self.top_k, integer=True, at_least=1)
         check_number("--block-size", self.block_size, integer=True, at_least=1)
