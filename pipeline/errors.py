@@ -39,6 +39,13 @@ def check_path(path, what: str) -> None:
         raise path_error(path, error, what) from None
 
 
+def check_paths(*paths: tuple[object, str]) -> None:
+    """``check_path`` for each (path, what) given; None paths (options left out) pass."""
+    for path, what in paths:
+        if path is not None:
+            check_path(path, what)
+
+
 def os_error_line(error: OSError) -> str:
     """``PATH: strerror`` for an OSError no check caught (the disk filled up, ...); the path where it names one."""
     reason = error.strerror or first_line(error)

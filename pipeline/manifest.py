@@ -36,7 +36,6 @@ class ManifestEntry:
 
 def read_manifest(manifest: Path | str, video_root: Path | str | None = None) -> list[ManifestEntry]:
     """Parse and validate a manifest; raise ManifestError naming file and line."""
-
     manifest = Path(manifest)
     try:
         lines = manifest.read_bytes().split(b"\n")

@@ -217,15 +217,23 @@ def verify_files(directory: Path, record: dict, names: Iterable[str] | None = No
     for name in names if names is not None else files:
         if name not in files:
             return f"{name} is not in its {STAGE_FILE}"
-        path, expected = directory / name, files[name]
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return f"{name} is missing"
-        if size != expected["bytes"]:
-            return f"{name} has {size} bytes, {STAGE_FILE} says {expected['bytes']}"
-        if deep and sha256_file(path) != expected["sha256"]:
-            return f"{name} changed since it was written"
+        problem = check_file(directory / name, files[name], deep)
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+def check_file(path: Path, expected: dict, deep: bool = True) -> str | None:
+    """What differs between ``path`` and its ``file_record``: None when it has that size and, if ``deep``,
+    that SHA-256."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    if size != expected["bytes"]:
+        return f"has {size} bytes, {STAGE_FILE} says {expected['bytes']}"
+    if deep and sha256_file(path) != expected["sha256"]:
+        return "changed since it was written"
     return None
 
 

@@ -217,13 +217,29 @@ def brute_force_dsl_ranks(
     return ranks_from_scores(sim * softmax_columns(scale * sim), sim.T * softmax_columns(scale * sim.T), index)
 
 
+def is_lock(path: Path) -> bool:
+    return path.name == ".vidret.lock" or (path.name.startswith(".vidret-shard-") and path.name.endswith(".lock"))
+
+
 def tree_hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` by relative path; lock files aside (a refused run may create one)."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.suffix != ".lock"
-    }
+    """Relative path -> SHA-256 of every file under ``folder``, and "folder" for every folder (so that a new,
+    empty one shows too). A lock file counts as "lock", whatever it holds: every run that takes the lock writes
+    its process there, and a run must hold it to decide whether it may write."""
+    hashes = {}
+    for path in sorted(Path(folder).rglob("*")):
+        name = str(path.relative_to(folder))
+        if path.is_dir():
+            hashes[name + "/"] = "folder"
+        elif is_lock(path):
+            hashes[name] = "lock"
+        else:
+            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def without_locks(hashes: dict[str, str]) -> dict[str, str]:
+    """``tree_hashes`` less the lock files: a refused run may have created its own (a decode shard's)."""
+    return {name: digest for name, digest in hashes.items() if digest != "lock"}
 
 
 def forget_file_record(folder: Path) -> None:

@@ -10,7 +10,6 @@ every file under the folder, before and after.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import pickle
@@ -30,7 +29,7 @@ from cli.main import app
 from pipeline.encode.reader import FrameStore
 from pipeline.manifest import write_manifest
 
-from helpers import manifest_records
+from helpers import manifest_records, tree_hashes, without_locks
 
 VIDRET = Path(sys.executable).parent / "vidret"
 RUNNER = CliRunner()
@@ -42,30 +41,6 @@ DECODE_ARGS = ("--frames", 4, "--size", 32, "--shard-size", 16, "--workers", 1, 
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-
-
-def is_lock(path: Path) -> bool:
-    return path.name == ".vidret.lock" or (path.name.startswith(".vidret-shard-") and path.name.endswith(".lock"))
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file under ``folder``, and "folder" for every folder (so that a new,
-    empty one shows too). A lock file counts as "lock", whatever it holds: every run that takes the lock writes
-    its process there, and a run must hold it to decide whether it may write."""
-    hashes = {}
-    for path in sorted(Path(folder).rglob("*")):
-        name = str(path.relative_to(folder))
-        if path.is_dir():
-            hashes[name + "/"] = "folder"
-        elif is_lock(path):
-            hashes[name] = "lock"
-        else:
-            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
-
-
-def without_locks(hashes: dict[str, str]) -> dict[str, str]:
-    return {name: digest for name, digest in hashes.items() if digest != "lock"}
 
 
 def vidret(*args) -> Result:

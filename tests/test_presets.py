@@ -200,7 +200,7 @@ def test_every_cli_default_is_the_library_s():
     assert assert_cli_defaults_are_the_library_s("decode", cli.decode, FrameSpec, {"frames": "num_frames"}) == 6
     assert assert_cli_defaults_are_the_library_s("train", cli.encode_train, TrainOptions, {"recipe": "recipe_name"})
     assert assert_cli_defaults_are_the_library_s("embed", cli.encode_embed, EmbedOptions) >= 10
-    # IndexOptions (its module imports torch): pipeline/defaults.py holds the CLI's copy; they must agree.
+    # IndexOptions' module imports torch: the CLI and IndexOptions both read pipeline/defaults.py.
     assert assert_cli_defaults_are_the_library_s("index", cli.index, IndexOptions) == 8
     assert assert_cli_defaults_are_the_library_s("synth", cli.synth, SynthOptions) == 2
     # One model default: ModelSpec's, the factory's, TrainOptions' and EmbedOptions'. (The factory's

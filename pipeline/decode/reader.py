@@ -60,7 +60,6 @@ class FrameSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-
         check_number("--frames", self.num_frames, integer=True, at_least=1)
         check_number("--size", self.size, integer=True, at_least=1)
         if self.short_side is None:

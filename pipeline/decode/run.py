@@ -46,6 +46,7 @@ from pipeline.stage import (
     STAGE_FILE,
     Stage,
     begin,
+    check_file,
     commit,
     decide,
     describe_changes,
@@ -80,7 +81,6 @@ class DecodeOptions:
     seed: int = 0  # of the train-mode draws
 
     def __post_init__(self) -> None:
-
         parse_splits(self.split)  # before the manifest is read
         check_number("--shard-size", self.shard_size, integer=True, at_least=1)
         check_number("--workers", self.workers, integer=True, at_least=1)
@@ -212,23 +212,22 @@ def _chunk_index(path: Path) -> int:
     return int(path.name.split(".")[0].removeprefix("part-"))
 
 
-def _committed(out_dir: Path, chunks: list[Chunk], markers: dict[int, Marker]) -> set[int]:
-    """Chunks whose marker holds their current key and whose part file is the one the marker recorded."""
+def _committed(out_dir: Path, chunks: list[Chunk], markers: dict[int, Marker], deep: bool = True) -> set[int]:
+    """Chunks whose marker holds their current key and whose part file is the one the marker recorded
+    (its size, and its hash if ``deep``)."""
     return {
         chunk.index
         for chunk in chunks
         if chunk.index in markers
         and markers[chunk.index].key == chunk.key
-        and _part_intact(part_path(out_dir, chunk.index), markers[chunk.index].part)
+        and _part_intact(part_path(out_dir, chunk.index), markers[chunk.index].part, deep)
     }
 
 
-def _part_intact(path: Path, recorded: dict | None) -> bool:
-    if not path.is_file():
-        return False
+def _part_intact(path: Path, recorded: dict | None, deep: bool) -> bool:
     if recorded is None:  # a marker of an earlier vidret, which recorded no hash
-        return True
-    return path.stat().st_size == recorded["bytes"] and sha256_file(path) == recorded["sha256"]
+        return path.is_file()
+    return check_file(path, recorded, deep) is None
 
 
 def _refuse_other_parameters(out_dir: Path, markers: dict[int, Marker], params: dict) -> None:
@@ -345,7 +344,8 @@ def decode_videos(
             seconds=seconds,
             chunks_run=len(todo),
             chunks_already_committed=len(already_committed),
-            chunks_committed=len(_committed(out_dir, chunks, markers)),
+            # This shard's chunks were just hashed or written; a size check is enough to count the split's.
+            chunks_committed=len(_committed(out_dir, chunks, markers, deep=False)),
             chunks_total=len(chunks),
             videos_total=len(entries),
             shard=shard,

@@ -30,7 +30,7 @@ from pipeline.encode.reader import (
     prefetch_batches,
     select_videos,
 )
-from pipeline.errors import VidretError, check_number, check_path
+from pipeline.errors import VidretError, check_number, check_paths
 from pipeline.files import sha256_file, sha256_json, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
 from pipeline.metrics import retrieval_metrics
@@ -157,12 +157,10 @@ class EmbedOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-
-        for path, what in ((self.frames_dir, "frames directory"), (self.manifest, "manifest"),
-                           (self.out, "output folder"), (self.checkpoint, "checkpoint"),
-                           (self.video_root, "video root")):  # fmt: skip
-            if path is not None:
-                check_path(path, what)
+        check_paths(
+            (self.frames_dir, "frames directory"), (self.manifest, "manifest"), (self.out, "output folder"),
+            (self.checkpoint, "checkpoint"), (self.video_root, "video root"),
+        )  # fmt: skip
         check_number("--batch-size", self.batch_size, integer=True, at_least=1)
         check_number("--workers", self.workers, integer=True, at_least=1)
         if self.checkpoint is None:

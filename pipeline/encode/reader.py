@@ -206,7 +206,6 @@ def select_videos(
 def frames_and_manifest(frames_dir: Path | str, manifest: Path | str) -> dict:
     """What a stage reading decoded frames records of its inputs: both paths, the frames' decode
     fingerprint and the manifest's SHA-256."""
-
     frames_dir, manifest = Path(frames_dir), Path(manifest)
     check_path(frames_dir, "frames directory")  # a NUL byte or a symlink loop: one line, not a traceback
     if not frames_dir.is_dir():

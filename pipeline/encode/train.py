@@ -43,7 +43,7 @@ from pipeline.encode.optim import (
     parameter_groups,
 )
 from pipeline.encode.reader import FrameBatch, FrameStore, frames_and_manifest, prefetch_batches, select_videos
-from pipeline.errors import VidretError, check_number, check_path, first_line, number_problem
+from pipeline.errors import VidretError, check_number, check_paths, first_line, number_problem
 from pipeline.files import sha256_json, write_json
 from pipeline.manifest import read_manifest
 from pipeline.stage import (
@@ -236,11 +236,10 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-
-        for path, what in ((self.frames_dir, "frames directory"), (self.manifest, "manifest"),
-                           (self.out, "output folder"), (self.video_root, "video root")):  # fmt: skip
-            if path is not None:
-                check_path(path, what)
+        check_paths(
+            (self.frames_dir, "frames directory"), (self.manifest, "manifest"), (self.out, "output folder"),
+            (self.video_root, "video root"),
+        )  # fmt: skip
         for name, value in (("--accum-steps", self.accum_steps), ("--workers", self.workers),
                             ("--prefetch", self.prefetch), ("--eval-batch-size", self.eval_batch_size)):  # fmt: skip
             check_number(name, value, integer=True, at_least=1)

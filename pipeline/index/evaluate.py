@@ -64,7 +64,6 @@ class IndexOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-
         check_number("--top-k", self.top_k, integer=True, at_least=1)
         check_number("--block-size", self.block_size, integer=True, at_least=1)
         # NaN or infinity ranked every query first (R@1 100, MdR 0) and wrote a bare NaN to metrics.json; so
@@ -169,7 +168,14 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
     options = options or IndexOptions()
     embeddings_dir, out = Path(embeddings_dir), Path(out)
     upstream, notes = read_embeddings_record(embeddings_dir)
-    fingerprint = sha256_json({name: sha256_file(embeddings_dir / name) for name in (VIDEOS_FILE, TEXTS_FILE)})
+    # A committed record's hashes were just checked against the files: hashing them again would be a second read.
+    recorded = upstream.get("files") or {}
+    fingerprint = sha256_json(
+        {
+            name: recorded[name]["sha256"] if name in recorded else sha256_file(embeddings_dir / name)
+            for name in (VIDEOS_FILE, TEXTS_FILE)
+        }
+    )
     dump = Path(options.dump) if options.dump is not None else None
     owns = (*OUTPUT_FILES, dump.name) if dump is not None and dump.parent.absolute() == out.absolute() else OUTPUT_FILES
     stage = Stage("index", out, fingerprint, options.output_params(), inputs=(embeddings_dir,), owns=owns)
