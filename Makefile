@@ -59,7 +59,7 @@ INDEX_ARGS ?=
 QUERY ?= a large red circle moves left on a black background
 SEARCH_ARGS ?= --k 5
 
-.PHONY: setup demo synth manifest decode encode embed index search bench test clean
+.PHONY: setup demo synth manifest decode encode embed index search collection bench test clean
 
 setup: $(VENV)/.installed
 
@@ -99,6 +99,22 @@ manifest: setup
 
 search: setup
 	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
+
+# Your own videos: `make collection VIDEO_DIR=~/Videos RUN=runs/home` scans the folder into RUN/manifest.jsonl,
+# decodes every video as clips of CLIP_SECONDS (10), embeds them zero-shot with the model `vidret encode embed`
+# uses (ViT-B-32, OpenAI's weights) or CHECKPOINT=RUN/model/best.pt of a trained run, and indexes them (auto);
+# then `make search RUN=runs/home QUERY="..."`. Rerun it after adding videos: decode decodes only the new ones,
+# embed and index run again over the whole collection.
+# The model variables travel only when given on the command line (the CPU defaults above are the demo's);
+# on a CPU, pass the tiny model `make demo` trained, on the frames it saw: CHECKPOINT=runs/demo/model/best.pt FRAMES=4.
+given = $(if $(filter command line environment,$(origin $(2))),$(1) $($(2)))
+COLLECTION_ARGS ?=
+collection: setup
+	$(if $(VIDEO_DIR),,$(error make collection needs VIDEO_DIR=))
+	$(VIDRET) collection $(VIDEO_DIR) --out $(RUN) $(call flag,--clip-seconds,CLIP_SECONDS) \
+		$(call flag,--clip-stride,CLIP_STRIDE) $(call given,--frames,FRAMES) $(call given,--size,SIZE) \
+		$(call given,--checkpoint,CHECKPOINT) $(call given,--model,MODEL) $(call given,--pretrained,PRETRAINED) \
+		$(call flag,--index,INDEX) $(COLLECTION_ARGS)
 
 # The demo: 500 synthetic clips (100 test), 4 frames at 112x112 (a CPU budget; CLIP4Clip takes 12),
 # the tiny model with a seqTransf head trained from scratch on the CPU (the `demo` recipe: 16 epochs

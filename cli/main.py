@@ -10,9 +10,11 @@ from typing import Annotated
 import typer
 
 from pipeline import defaults
+from pipeline.decode.clips import DEFAULT_SHOT_SECONDS
 from pipeline.decode.reader import FrameSpec
 from pipeline.decode.run import DecodeOptions
 from pipeline.errors import VidretError
+from pipeline.scan import SCAN_SPLIT
 from pipeline.synth import SynthOptions
 
 
@@ -75,9 +77,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vidret: an offline video-text retrieval pipeline (decode -> encode -> index).",
 )
-manifest_app = typer.Typer(
-    no_args_is_help=True, help="Build and check manifests (JSON Lines, one captioned video per line)."
-)
+manifest_app = typer.Typer(no_args_is_help=True, help="Build and check manifests (JSON Lines, one video per line).")
 app.add_typer(manifest_app, name="manifest")
 encode_app = typer.Typer(no_args_is_help=True, help="Train the CLIP4Clip video tower and write embeddings.")
 app.add_typer(encode_app, name="encode")
@@ -194,6 +194,25 @@ def manifest_build(
     typer.echo(summary.line())
 
 
+@manifest_app.command("scan")
+@reports_errors
+def manifest_scan(
+    video_dir: Annotated[Path, typer.Argument(help="The folder of videos (searched recursively).")],
+    out: Annotated[
+        Path, typer.Option(help="The manifest to write; an existing one keeps its entries and gains the new files.")
+    ],
+    split: Annotated[str, typer.Option(help="The split of the new entries: train, val or test.")] = SCAN_SPLIT,
+    show: Annotated[int, typer.Option(help="Problems printed (unreadable folders, broken links, ...).")] = 5,
+) -> None:
+    """Write a caption-free manifest of every video file under a folder; the ids are the files' relative paths."""
+    from pipeline.scan import scan_videos
+
+    summary = scan_videos(video_dir, out, split)
+    for line in summary.problem_lines(show):
+        typer.echo(line, err=True)
+    typer.echo(summary.line())
+
+
 @manifest_app.command("datasets")
 @reports_errors
 def manifest_datasets() -> None:
@@ -280,12 +299,40 @@ def decode(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --train-views draws.")] = default_of(DecodeOptions, "seed"),
+    clip_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Cut every video into clips of this many seconds, each sampled as --frames frames of its own"
+            " (one row each); with --clip-shots, the longest clip a shot becomes.",
+            show_default=f"the whole video is one clip; {DEFAULT_SHOT_SECONDS:g} with --clip-shots",
+        ),
+    ] = None,
+    clip_stride: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds from one --clip-seconds window's start to the next's (shorter: overlapping windows).",
+            show_default="--clip-seconds",
+        ),
+    ] = None,
+    clip_shots: Annotated[
+        bool, typer.Option(help="Cut clips at shot boundaries (PySceneDetect), long shots into --clip-seconds.")
+    ] = default_of(FrameSpec, "clip_shots"),
     decoder: Annotated[
         str,
         typer.Option(
             help="pyav (decodes only what the sampled frames need) or decord (to match frames it decoded before)."
         ),
     ] = default_of(FrameSpec, "decoder"),
+    frame_format: Annotated[
+        str,
+        typer.Option(
+            help="How part files store the frames: raw (uint8 arrays) or jpeg (one JPEG per frame, about 10x"
+            " smaller at quality 90 on camera-like frames; encode decodes them as it reads)."
+        ),
+    ] = default_of(FrameSpec, "frame_format"),
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality, 1-100, with --frame-format jpeg.")] = default_of(
+        FrameSpec, "jpeg_quality"
+    ),
     workers: Annotated[
         int | None, typer.Option(help="Decoder processes.", show_default="one per available core")
     ] = None,
@@ -309,7 +356,7 @@ def decode(
     ] = default_of(DecodeOptions, "force"),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Sample frames uniformly from every video and write them to Parquet shards."""
+    """Sample frames uniformly from every video, or from every clip of it, and write them to Parquet shards."""
     from pipeline.decode import decode_videos
 
     chosen = stage_options(
@@ -324,6 +371,11 @@ def decode(
             sampling=chosen["sampling"],
             decoder=decoder,
             interpolation=chosen["interpolation"],
+            frame_format=frame_format,
+            jpeg_quality=jpeg_quality,
+            clip_seconds=clip_seconds,
+            clip_stride=clip_stride,
+            clip_shots=clip_shots,
         ),
         split=split,
         shard_size=shard_size,
@@ -539,6 +591,21 @@ def index(
     block_size: Annotated[
         int, typer.Option(help="Queries per block of the similarity matrix (memory).")
     ] = defaults.INDEX_BLOCK_SIZE,
+    index: Annotated[
+        str,
+        typer.Option(
+            "--index",
+            help="flat (exact), auto (by the number of vectors and --index-memory) or a FAISS index_factory"
+            " string such as IVF1024,SQ8 or HNSW32; an approximate index's search is tuned to --recall.",
+        ),
+    ] = defaults.INDEX_TYPE,
+    index_memory: Annotated[
+        int | None,
+        typer.Option(help="Bytes --index auto may fill.", show_default="a quarter of the physical memory"),
+    ] = None,
+    recall: Annotated[
+        float, typer.Option(help="Recall@10 against exact search that an approximate index is tuned to reach.")
+    ] = defaults.INDEX_RECALL,
     device: DeviceOption = defaults.DEVICE,
     force: Annotated[bool, typer.Option(help="Recompute even if --out is up to date.")] = False,
     progress: ProgressOption = True,
@@ -548,8 +615,8 @@ def index(
     from pipeline.index import IndexOptions, index_embeddings, metrics_table
 
     options = IndexOptions(
-        top_k=top_k, dsl=dsl, dsl_scale=dsl_scale, dump=dump, block_size=block_size, device=device,
-        force=force, progress=progress,
+        top_k=top_k, dsl=dsl, dsl_scale=dsl_scale, dump=dump, block_size=block_size, index=index,
+        index_memory=index_memory, recall=recall, device=device, force=force, progress=progress,
     )  # fmt: skip
     summary = index_embeddings(embeddings, out, options)
     for note in summary.notes:
@@ -566,13 +633,20 @@ def search(
     file: Annotated[
         Path | None, typer.Option("--file", help="Read queries from this file, one per line; - for stdin.")
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="Videos per query.")] = 5,
+    k: Annotated[int, typer.Option("--k", help="Videos (clips, in an index of clips) per query.")] = 5,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per hit and line: query, rank, score, video_id, clip_index, start_s, end_s, path.",
+        ),
+    ] = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """Find the videos that best match free text, with the run's own text tower."""
+    """Find the videos (or the moments of them, in an index of clips) that best match free text."""
     import sys
 
-    from pipeline.search import format_hits, read_queries, search_videos
+    from pipeline.search import format_hits, hits_json, read_queries, search_videos
 
     queries = list(queries or [])
     if file is not None:
@@ -580,7 +654,68 @@ def search(
     elif not queries and not sys.stdin.isatty():
         queries = read_queries("-", sys.stdin)
     for query, hits in zip(queries, search_videos(run, queries, k, device), strict=True):
-        typer.echo(format_hits(query, hits))
+        typer.echo(hits_json(query, hits) if as_json else format_hits(query, hits))
+
+
+@app.command()
+@reports_errors
+def collection(
+    video_dir: Annotated[Path, typer.Argument(help="Your folder of videos (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="The run folder: manifest.jsonl, frames/, embeddings/, index/.")],
+    clip_seconds: Annotated[
+        float, typer.Option(help="Cut every video into clips this long; each clip is a search hit.")
+    ] = defaults.COLLECTION_CLIP_SECONDS,
+    clip_stride: Annotated[
+        float | None,
+        typer.Option(help="Seconds from one clip's start to the next's (overlap when shorter).", show_default=False),
+    ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames sampled per clip.", show_default=str(default_of(FrameSpec, "num_frames")))
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Side of the square frames.", show_default="the model's input size")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoder processes.", show_default="one per available core")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip model for zero-shot embedding; vidret-tiny runs on a CPU.", show_default=defaults.MODEL
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="CLIP weights: an open_clip tag (downloaded when online), a local file, or none.",
+            show_default=defaults.PRETRAINED,
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A trained run's RUN/model/best.pt, instead of zero-shot --model.")
+    ] = None,
+    device: DeviceOption = defaults.DEVICE,
+    index: Annotated[
+        str, typer.Option(help="auto (exact while that is fast, else approximate), flat, or a FAISS factory string.")
+    ] = defaults.COLLECTION_INDEX,
+    index_memory: Annotated[
+        int | None,
+        typer.Option(help="Bytes the index may take (--index auto).", show_default="a quarter of the memory"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Redo every stage, even those up to date.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Make a folder of your own videos searchable: scan, decode into clips, embed, index; then search it."""
+    from pipeline.collection import CollectionOptions, make_collection
+
+    options = CollectionOptions(
+        clip_seconds=clip_seconds, clip_stride=clip_stride, frames=frames, size=size, workers=workers, model=model,
+        pretrained=pretrained, checkpoint=checkpoint, device=device, index=index, index_memory=index_memory,
+        force=force, progress=progress,
+    )  # fmt: skip
+    summary = make_collection(video_dir, out, options, report=typer.echo)
+    typer.echo(summary.line())
+    typer.echo(f"search it: {summary.search_command()}")
 
 
 @app.command()

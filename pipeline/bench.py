@@ -5,7 +5,9 @@ every comparison is a ratio taken on the same machine at the same time:
 
 - decode: ``decode_throughput``, vidret against a PyAV floor and three common loaders;
 - encode: ``encode_throughput``, the train and embed pipelines against the model alone;
-- index: ``index_scaling``, blockwise ranks against the bare similarity products, and FAISS.
+- index: ``index_scaling``, blockwise ranks against the bare similarity products, and FAISS;
+- jpeg: ``jpeg_frames``, JPEG frames' bytes, PSNR and read and embed throughput against raw frames;
+- ann: ``ann_index``, the approximate index ``--index auto`` picks for 1M vectors against exact flat search.
 
 The scripts run as child processes (``python -m pipeline.benchmarks.NAME``, a fresh
 interpreter each, so a part's peak memory is its own) in the working directory, with
@@ -35,12 +37,18 @@ from pipeline.files import write_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding pipeline/: a checkout or site-packages
 # Each part's module in pipeline.benchmarks (package code, so an installed wheel has them too).
-SCRIPTS = {"decode": "decode_throughput", "encode": "encode_throughput", "index": "index_scaling"}
+SCRIPTS = {
+    "decode": "decode_throughput",
+    "encode": "encode_throughput",
+    "index": "index_scaling",
+    "jpeg": "jpeg_frames",
+    "ann": "ann_index",
+}
 # Each part's arguments per setting (the script's --out is added). Decode is CPU work on any machine.
 ARGUMENTS = {
     "decode": {
-        "cpu": "--clips 12 --hd-clips 1 --workers 1 2 --repeats 3 --stage-copies 8",
-        "quick": "--clips 2 --hd-clips 0 --workers 1 --repeats 1 --stage-copies 1",
+        "cpu": "--clips 12 --hd-clips 1 --workers 1 2 --repeats 3 --stage-copies 8 --long-minutes 30",
+        "quick": "--clips 2 --hd-clips 0 --workers 1 --repeats 1 --stage-copies 1 --long-minutes 0.5",
     },
     "encode": {
         "cpu": "--model vidret-tiny --device cpu --videos 256 --batch-size 32 --epochs 2",
@@ -51,6 +59,14 @@ ARGUMENTS = {
         "cpu": "--sizes 1000 10000 --dim 512",
         "cuda": "--sizes 1000 10000 100000 --dim 512",
         "quick": "--sizes 1000 --dim 64",
+    },
+    "jpeg": {  # CPU work on any machine, as decode
+        "cpu": "--clips 8 --qualities 75 85 90 95 --repeats 5",
+        "quick": "--clips 1 --qualities 90 --repeats 1 --passes 1",
+    },
+    "ann": {  # auto's index for 1M vectors; quick names an IVF (auto is exact below 100k) to run every step
+        "cpu": "--vectors 1000000 --dim 512",
+        "quick": "--vectors 5000 --dim 32 --index IVF64,SQ8 --queries 100 --latency-queries 20",
     },
 }
 
@@ -202,7 +218,60 @@ def _index_rows(raw: dict) -> list[dict]:
     return rows
 
 
-SUMMARIES = {"decode": _decode_rows, "encode": _encode_rows, "index": _index_rows}
+def _jpeg_rows(raw: dict) -> list[dict]:
+    rows = [
+        {
+            "part": "jpeg",
+            "figure": f"{corpus} frames as JPEG q{row['quality']}: PSNR {row['psnr_db']} dB against raw",
+            "value": row["bytes_per_video"],
+            "unit": "bytes per video",
+            "ratio": row["smaller"],
+            "ratio_of": "raw lz4 Parquet's bytes / JPEG's",
+        }
+        for corpus, measured in raw["corpora"].items()
+        for row in measured["jpeg"]
+    ]
+    speed = raw["throughput"]
+    for name in ("read_224", "read_112", "read_and_vidret_tiny_112"):
+        jpeg, plain = speed[name]["jpeg"], speed[name]["raw"]
+        measured = f"{name.replace('_', ' ')}, JPEG q{speed['quality']}"
+        rows.append(
+            {
+                "part": "jpeg",
+                "figure": f"{measured} (raw {plain['videos_per_second']} videos/s)",
+                "value": jpeg["videos_per_second"],
+                "unit": "videos/s",
+                "ratio": round(jpeg["videos_per_second"] / plain["videos_per_second"], 3),
+                "ratio_of": "JPEG / raw",
+            }
+        )
+    return rows
+
+
+def _ann_rows(raw: dict) -> list[dict]:
+    flat, ann = raw["flat"], raw["ann"]
+    index, where = f"{ann['factory']} {ann['search_parameters']}", f"{raw['vectors']:,} x {raw['dim']}"
+
+    def row(figure: str, value, unit: str, ratio=None, ratio_of=None) -> dict:
+        return {"part": "ann", "figure": f"{index}, {where}: {figure}", "value": value, "unit": unit,
+                "ratio": ratio, "ratio_of": ratio_of}  # fmt: skip
+
+    exact = "time / exact search's"
+    return [
+        row(f"one held-out query, p50 (exact {flat['p50_ms']:.1f} ms)", ann["p50_ms"], "ms",
+            round(ann["p50_ms"] / flat["p50_ms"], 3), exact),
+        row(f"one held-out query, p99 (exact {flat['p99_ms']:.1f} ms)", ann["p99_ms"], "ms",
+            round(ann["p99_ms"] / flat["p99_ms"], 3), exact),
+        row(f"recall@10 against exact search (tuned to {ann['recall_target']})", ann["recall_at_10"], "recall@10"),
+        row(f"build, then {ann['tune_s']:.0f} s tuning (exact {flat['build_s']:.1f} s)", ann["build_s"], "s"),
+        row("index file", round(ann["bytes"] / 2**20, 1), "MiB", round(ann["bytes"] / flat["bytes"], 3),
+            "bytes / exact index's"),
+    ]  # fmt: skip
+
+
+SUMMARIES = {
+    "decode": _decode_rows, "encode": _encode_rows, "index": _index_rows, "jpeg": _jpeg_rows, "ann": _ann_rows,
+}  # fmt: skip
 
 
 def bench_table(results: dict) -> str:

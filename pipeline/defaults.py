@@ -28,3 +28,10 @@ EMBED_BATCH_SIZE = 64  # videos per forward pass, per process
 INDEX_TOP_K = 10  # neighbours per query in the --dump file
 INDEX_DSL_SCALE = 100.0  # softmax scale of the dual-softmax prior
 INDEX_BLOCK_SIZE = 4096  # queries per block of the similarity matrix
+INDEX_TYPE = "flat"  # the exact index; auto chooses by size and --index-memory; else a FAISS index_factory string
+INDEX_RECALL = 0.95  # recall@10 against exact search that an approximate index's search is tuned to reach
+INDEX_SEED = 0  # draws the training and tuning samples of an approximate index
+
+# vidret collection (CollectionOptions in pipeline/collection.py): a folder of one's own videos
+COLLECTION_CLIP_SECONDS = 10.0  # each video is cut into windows this long, each one searchable
+COLLECTION_INDEX = "auto"  # exact while that is fast, approximate past it

@@ -1,7 +1,11 @@
-"""The manifest: one JSON object per line describing a captioned video.
+"""The manifest: one JSON object per line describing a video and its captions.
 
     {"video_id": "video9770", "path": "videos/video9770.mp4", "split": "test",
      "captions": ["a person is connecting something to system"]}
+
+``captions`` may be ``[]`` or left out: an uncaptioned video is decoded, embedded,
+indexed and searchable, but never trained on and never scored (in a scored split it
+is a text-to-video distractor).
 
 ``path`` is relative to the manifest's folder unless it is absolute, or
 relative to ``video_root`` when one is given. Other fields are allowed and
@@ -19,7 +23,7 @@ from pipeline.errors import VidretError, path_error, shown_path
 from pipeline.files import write_text
 
 SPLITS = ("train", "val", "test")
-REQUIRED_FIELDS = ("video_id", "path", "split", "captions")
+REQUIRED_FIELDS = ("video_id", "path", "split")
 
 
 class ManifestError(VidretError):
@@ -31,7 +35,7 @@ class ManifestEntry:
     video_id: str
     path: Path  # absolute
     split: str
-    captions: tuple[str, ...]
+    captions: tuple[str, ...]  # () for an uncaptioned video
 
 
 def read_manifest(manifest: Path | str, video_root: Path | str | None = None) -> list[ManifestEntry]:
@@ -79,15 +83,16 @@ def _parse_line(raw: bytes, base: Path) -> ManifestEntry:
     missing = [field for field in REQUIRED_FIELDS if field not in record]
     if missing:
         raise ValueError(f"missing field {', '.join(repr(field) for field in missing)}")
-    video_id, path, split, captions = (record[field] for field in REQUIRED_FIELDS)
+    video_id, path, split = (record[field] for field in REQUIRED_FIELDS)
+    captions = record.get("captions", [])
     if not isinstance(video_id, str) or not video_id.strip():
         raise ValueError("'video_id' must be a non-empty string")
     if not isinstance(path, str) or not path.strip():
         raise ValueError("'path' must be a non-empty string")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
-    if not isinstance(captions, list) or not captions:
-        raise ValueError("'captions' must be a non-empty list of strings")
+    if not isinstance(captions, list):
+        raise ValueError("'captions' must be a list of strings (empty, or left out, for an uncaptioned video)")
     for caption in captions:
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"empty or non-string caption {caption!r}")
@@ -115,12 +120,15 @@ def select_split(entries: list[ManifestEntry], split: str, manifest: Path | str)
 
 
 def describe_manifest(entries: list[ManifestEntry]) -> str:
-    """One line: videos and captions per split, and how many video files are missing."""
+    """One line: videos per split, captions and uncaptioned videos, and how many video files are missing."""
     per_split = Counter(entry.split for entry in entries)
     captions = sum(len(entry.captions) for entry in entries)
+    uncaptioned = sum(not entry.captions for entry in entries)
     missing = sum(not entry.path.is_file() for entry in entries)
     splits = ", ".join(f"{per_split[name]} {name}" for name in SPLITS if per_split[name])
-    return f"{len(entries)} videos ({splits}), {captions} captions, missing video files: {missing}"
+    # Said only when there are some, so that a fully captioned manifest's line stays as it was.
+    without = f" ({uncaptioned} videos uncaptioned)" if uncaptioned else ""
+    return f"{len(entries)} videos ({splits}), {captions} captions{without}, missing video files: {missing}"
 
 
 def write_manifest(path: Path, records: list[dict]) -> None:

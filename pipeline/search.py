@@ -2,12 +2,14 @@
 
 The index stage records which model wrote the embeddings (``RUN/index/stage.json``);
 search loads that model, embeds the queries and asks ``videos.faiss`` for the
-nearest videos.
+nearest videos. An index of clips returns clips: moments, so one video may come
+several times.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.device import resolve_device
@@ -17,7 +19,7 @@ from pipeline.encode.model import CLIP4Clip, ModelSpec
 from pipeline.errors import VidretError
 from pipeline.files import sha256_file
 from pipeline.index.faiss_index import on_search_device, read_index, search
-from pipeline.schemas import ID_MAP_FILE, INDEX_FILE
+from pipeline.schemas import CLIP_COLUMNS, ID_MAP_FILE, INDEX_FILE
 from pipeline.stage import STAGE_FILE, read_committed
 
 
@@ -26,6 +28,9 @@ class SearchHit:
     rank: int
     score: float
     video_id: str
+    clip_index: int  # 0 for a whole video
+    start_s: float  # where the clip starts in the video, in seconds
+    end_s: float | None  # where it ends; None when unknown (a whole video whose embeddings gave no duration)
     path: str | None  # the video file, when the run knows it
 
 
@@ -79,9 +84,14 @@ def search_videos(run: Path | str, queries: list[str], k: int = 5, device: str =
     texts = embed_texts(model, model.tokenize(queries), World(rank=0, size=1, device=device))
     scores, rows = search(on_search_device(index), texts, k)
     video_ids, paths = ids.column("video_id").to_pylist(), ids.column("path").to_pylist()
+    # An id map of an earlier vidret has no clip columns: its rows are whole videos.
+    clip_index, start_s, end_s = (
+        ids.column(name).to_pylist() if name in ids.column_names else [default] * ids.num_rows
+        for name, default in zip(CLIP_COLUMNS, (0, 0.0, None), strict=True)
+    )
     return [
         [
-            SearchHit(rank + 1, float(score), video_ids[row], paths[row])
+            SearchHit(rank + 1, float(score), video_ids[row], clip_index[row], start_s[row], end_s[row], paths[row])
             for rank, (score, row) in enumerate(zip(query_scores, query_rows, strict=True))
         ]
         for query_scores, query_rows in zip(scores, rows, strict=True)
@@ -89,9 +99,19 @@ def search_videos(run: Path | str, queries: list[str], k: int = 5, device: str =
 
 
 def format_hits(query: str, hits: list[SearchHit]) -> str:
+    """The query, then one line per hit: rank, video, its moment (start-end s), score and file."""
     lines = [f"query: {query}"]
-    lines += [f"  {hit.rank:>3}  {hit.score:.4f}  {hit.video_id}  {hit.path or '-'}" for hit in hits]
+    for hit in hits:
+        end = f"{hit.end_s:.1f}" if hit.end_s is not None else "?"
+        moment = f"{hit.start_s:.1f}-{end} s"
+        lines.append(f"  {hit.rank:>3}  {hit.video_id}  {moment}  {hit.score:.4f}  {hit.path or '-'}")
     return "\n".join(lines)
+
+
+def hits_json(query: str, hits: list[SearchHit]) -> str:
+    """One JSON object per line and hit: its query (several queries' hits may share one stream), then the
+    hit's fields (``SearchHit``)."""
+    return "\n".join(json.dumps({"query": query, **asdict(hit)}) for hit in hits)
 
 
 def read_queries(path: Path | str, stream=None) -> list[str]:

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import VidretError
+from pipeline.errors import VidretError, check_number
 from pipeline.files import sha256_json
 from pipeline.manifest import SPLITS, write_manifest
 from pipeline.stage import Stage, begin, commit, decide, library_versions, locked, ran_because, skip_line
@@ -205,6 +205,42 @@ def write_video(
 def _write_clip(job: tuple[Path, ClipAttributes, ClipMotion, SynthOptions]) -> None:
     path, attributes, motion, options = job
     write_video(path, render_frames(attributes, motion, options.width, options.height), options.fps)
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    attributes: ClipAttributes
+    caption: str
+    start_s: float  # seconds from the start of the video
+    end_s: float  # exclusive
+
+
+def write_segmented_video(
+    path: Path, segments: Sequence[ClipAttributes], segment_seconds: float, options: SynthOptions | None = None,
+    seed: int = 0,
+) -> list[VideoSegment]:  # fmt: skip
+    """One long video of synthetic clips back to back, one per ``segments``, each ``segment_seconds`` long
+    (hard cuts between them), at ``options``' frame size and rate; each segment with its true time range and
+    its caption. Moments in a long video are found by such ranges: a search hit's clip should overlap its own."""
+    options = options or SynthOptions()
+    if not segments:
+        raise VidretError("a segmented video needs at least one segment")
+    check_number("segment_seconds", segment_seconds, above=0)
+    frames_per_segment = round(segment_seconds * options.fps)
+    if frames_per_segment < 2:
+        raise VidretError(f"segment_seconds {segment_seconds:g} is under two frames at {options.fps} fps")
+    rng = np.random.default_rng(seed)
+    placed, clips = [], []
+    for number, attributes in enumerate(segments):
+        radius = SIZES[attributes.size] * options.height
+        motion = draw_motion(rng, attributes.direction, radius, frames_per_segment, options.width, options.height)
+        clips.append(render_frames(attributes, motion, options.width, options.height))
+        first = number * frames_per_segment
+        end = first + frames_per_segment
+        caption = attributes.caption(CAPTION_TEMPLATES[0])
+        placed.append(VideoSegment(attributes, caption, first / options.fps, end / options.fps))
+    write_video(path, itertools.chain.from_iterable(clips), options.fps)
+    return placed
 
 
 def assign_splits(rng: np.random.Generator, options: SynthOptions) -> list[str]:

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -154,6 +156,26 @@ def read_video_or_crash(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MOD
 def read_video_slowly(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
     """read_views taking at least 0.1 s, so a test can kill a run midway."""
     time.sleep(0.1)
+    return read_views(path, spec, views)
+
+
+def start_decode(manifest: Path, out: Path, options: str, reader: str) -> subprocess.Popen:
+    """``decode_videos`` in a child process, for a test to kill: ``options`` is the source of its DecodeOptions
+    (DecodeOptions and FrameSpec in scope), ``reader`` a reader of this module."""
+    run = (
+        "from pipeline.decode import DecodeOptions, FrameSpec, decode_videos\n"
+        f"from helpers import {reader}\n"
+        f"decode_videos({str(manifest)!r}, {str(out)!r}, {options}, reader={reader}, progress=False)\n"
+    )
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", run], env=env)
+
+
+def read_video_stalling_on_v4(path: Path, spec: FrameSpec, views: ViewSeeds = TEST_MODE) -> list[DecodedVideo]:
+    """read_views, but a video named v4 takes 30 s: a run is held on it, with what came before done."""
+    if path.stem == "v4":
+        time.sleep(30)
     return read_views(path, spec, views)
 
 

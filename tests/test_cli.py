@@ -132,8 +132,9 @@ def test_encode_train_embed_index_and_search(decoded_synthetic, tmp_path):
     ]
     hits = [line.split() for line in lines if not line.startswith("query: ")]
     assert len(hits) == 9 and [hit[0] for hit in hits[:3]] == ["1", "2", "3"]
-    assert all(hit[2].startswith("synth") and hit[3].endswith(".mp4") for hit in hits)
-    assert float(hits[0][1]) >= float(hits[1][1]) >= float(hits[2][1])
+    # rank, video, its moment ("0.0-3.0 s": a whole video), score, file
+    assert all(hit[1].startswith("synth") and hit[2].startswith("0.0-") and hit[5].endswith(".mp4") for hit in hits)
+    assert float(hits[0][4]) >= float(hits[1][4]) >= float(hits[2][4])
 
     refused = vidret("index", tmp_path / "model", "--out", tmp_path / "index")
     assert refused.returncode == 1 and refused.stdout == ""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -37,11 +34,11 @@ from helpers import (
     read_video_or_hang,
     read_video_when_released,
     reference_frames,
+    start_decode,
     tree_hashes,
     without_locks,
 )
 
-TESTS = Path(__file__).parent
 SPEC = FrameSpec(num_frames=4, size=64)  # small frames keep the tests fast
 
 
@@ -301,14 +298,8 @@ def test_a_crashing_decoder_costs_only_its_video(tmp_path):
 def test_kill_9_then_rerun_completes_without_duplicates(corpus, tmp_path):
     manifest, expected = corpus
     out = tmp_path / "frames"
-    run = (
-        "from pipeline.decode import DecodeOptions, FrameSpec, decode_videos\n"
-        "from helpers import read_video_slowly\n"
-        f"decode_videos({str(manifest)!r}, {str(out)!r}, DecodeOptions(spec=FrameSpec(num_frames=4, size=64),"
-        " split='test', shard_size=2, workers=1), reader=read_video_slowly, progress=False)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", run], env=env)
+    child_options = "DecodeOptions(spec=FrameSpec(num_frames=4, size=64), split='test', shard_size=2, workers=1)"
+    process = start_decode(manifest, out, child_options, "read_video_slowly")
     deadline = time.monotonic() + 60
     while len(list((out / "_chunks").glob("*.parquet"))) < 2:  # let it commit some chunks, then kill it
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"

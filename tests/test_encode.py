@@ -281,7 +281,9 @@ def test_embed_writes_unit_norm_embeddings_with_ids_and_counts(decoded_synthetic
     assert summary.skipped == {"missing": 1}
     assert "1 videos skipped (1 missing)" in summary.line()
     stage = json.loads((tmp_path / "emb" / "stage.json").read_text())
-    assert stage["counts"] == {"videos": len(decoded), "texts": len(texts), "skipped": {"missing": 1}}
+    assert stage["counts"] == {
+        "videos": len(decoded), "clips": len(decoded), "texts": len(texts), "uncaptioned": 0, "skipped": {"missing": 1}
+    }  # fmt: skip
     assert stage["model"]["head"] == "seqTransf" and stage["model"]["checkpoint"].endswith("best.pt")
     assert stage["model"]["caption_length"] == 6
 

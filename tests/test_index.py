@@ -162,8 +162,14 @@ def test_ranks_and_metrics_equal_brute_force(tmp_path, seed, per_video_max, embe
         "caption": "string",
         "rank": "int64",
         "rank_dsl": "int64",
+        "clip_index": "int32",
+        "start_s": "double",
+        "end_s": "double",
     }
     ranks_t2v, ranks_v2t = read_ranks(tmp_path / "index")
+    # Embeddings without the clip columns are whole videos: clip 0 from 0 s, end unknown.
+    both = pd.concat([ranks_t2v, ranks_v2t])
+    assert (both["clip_index"] == 0).all() and (both["start_s"] == 0).all() and both["end_s"].isna().all()
     assert len(ranks_t2v) == num_texts and len(ranks_v2t) == 30
     assert ranks_t2v["query"].tolist() == list(range(num_texts))
     assert ranks_t2v["video_id"].tolist() == data.text_video_ids
@@ -407,17 +413,6 @@ def _set(array: np.ndarray, where, value) -> np.ndarray:
     return array
 
 
-def _without_video_0(data: Data) -> Data:
-    keep = [t for t, row in enumerate(data.index) if row != 0]
-    return replace(
-        data,
-        text_video_ids=[data.text_video_ids[t] for t in keep],
-        captions=[data.captions[t] for t in keep],
-        texts=data.texts[keep],
-        index=data.index[keep],
-    )
-
-
 def _write_bad(directory: Path, data: Data, case: str) -> None:
     if case == "dimension mismatch":
         write_data(directory, replace(data, texts=data.texts[:, :8]))
@@ -444,8 +439,13 @@ def _write_bad(directory: Path, data: Data, case: str) -> None:
         write_data(directory, data)
         video_ids = [data.video_ids[0], *data.video_ids[:-1]]
         pq.write_table(_videos_table(data, video_ids=video_ids), directory / "videos.parquet")
-    elif case == "video without caption":
-        write_data(directory, _without_video_0(data))
+    elif case == "clips out of order":
+        write_data(directory, data)
+        video_ids = [data.video_ids[0], *data.video_ids[:-1]]  # row 1 continues video 0, as its clip 2
+        clips = {"clip_index": pa.array([0, 2] + [0] * 28, pa.int32()), "start_s": [0.0] * 30, "end_s": [None] * 30}
+        table = _videos_table(data, video_ids=video_ids)
+        table = pa.table({**dict(zip(table.column_names, table.columns, strict=True)), **clips})
+        pq.write_table(table, directory / "videos.parquet")
     elif case == "ragged embeddings":
         write_data(directory, data)
         videos = [row.tolist() for row in data.videos]
@@ -484,9 +484,9 @@ BAD_INPUTS = {
     "zero-byte texts": ("texts.parquet", "texts.parquet: not a readable Parquet file"),
     "no embedding column": ("videos.parquet", r"missing column\(s\) embedding; has video_id"),
     "duplicated video_id": ("videos.parquet", rf"1 duplicated video_id\(s\): {D.video_ids[0]}"),
-    "video without caption": (
+    "clips out of order": (
         "videos.parquet",
-        rf"1 video\(s\) have no caption in texts\.parquet.*: {D.video_ids[0]}$",
+        rf"row 1 \({D.video_ids[0]}\) is clip 2, expected 1: a video's clips must be consecutive rows",
     ),
     "ragged embeddings": ("videos.parquet", rf"first row has 16, but {D.video_ids[2]} has 15"),
     "missing texts file": ("texts.parquet", "texts.parquet: no such file"),

@@ -41,16 +41,17 @@ def test_video_root_replaces_the_manifest_folder_for_relative_paths(tmp_path):
     [
         ("{not json", "invalid JSON"),
         ('["a list"]', "expected a JSON object, got list"),
-        ({"video_id": "v2", "path": "p", "split": "train"}, "missing field 'captions'"),
         ({"path": "p", "split": "train", "captions": ["c"]}, "missing field 'video_id'"),
         ({**GOOD, "video_id": ""}, "'video_id' must be a non-empty string"),
         ({**GOOD, "video_id": 7}, "'video_id' must be a non-empty string"),
         ({**GOOD}, "duplicate video_id 'v1' (first on line 1)"),
         ({**GOOD, "video_id": "v2", "path": ""}, "'path' must be a non-empty string"),
         ({**GOOD, "video_id": "v2", "split": "dev"}, "unknown split 'dev'"),
-        ({**GOOD, "video_id": "v2", "captions": []}, "'captions' must be a non-empty list"),
-        ({**GOOD, "video_id": "v2", "captions": "a cat"}, "'captions' must be a non-empty list"),
+        ({**GOOD, "video_id": "v2", "captions": "a cat"}, "'captions' must be a list of strings"),
+        ({**GOOD, "video_id": "v2", "captions": None}, "'captions' must be a list of strings"),
         ({**GOOD, "video_id": "v2", "captions": ["ok", "  "]}, "empty or non-string caption"),
+        ({**GOOD, "video_id": "v2", "captions": [""]}, "empty or non-string caption"),
+        ({**GOOD, "video_id": "v2", "captions": [3]}, "empty or non-string caption"),
     ],
 )
 def test_a_bad_line_names_the_file_the_line_and_the_problem(tmp_path, bad_line, problem):
@@ -98,4 +99,20 @@ def test_describe_counts_splits_captions_and_missing_files(tmp_path):
     )
     assert (
         describe_manifest(read_manifest(manifest)) == "2 videos (1 train, 1 test), 3 captions, missing video files: 1"
+    )
+
+
+def test_captions_empty_or_left_out_is_an_uncaptioned_video(tmp_path):
+    """``[]`` and no ``captions`` field both mean a video without captions; the check line counts them."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "v1.mp4").write_bytes(b"x")
+    without = {key: value for key, value in GOOD.items() if key != "captions"}
+    manifest = write_lines(
+        tmp_path / "m.jsonl",
+        [GOOD, {**GOOD, "video_id": "v2", "captions": []}, {**without, "video_id": "v3", "split": "test"}],
+    )
+    entries = read_manifest(manifest)
+    assert [entry.captions for entry in entries] == [("a cat",), (), ()]
+    assert describe_manifest(entries) == (
+        "3 videos (2 train, 1 test), 1 captions (2 videos uncaptioned), missing video files: 0"
     )

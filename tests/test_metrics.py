@@ -139,10 +139,14 @@ def test_v2t_does_not_count_tied_own_captions_against_the_video():
         assert v2t.tolist() == [2, 1]
 
 
-def test_video_without_caption_is_an_error():
+def test_a_video_without_caption_is_a_t2v_distractor_and_no_v2t_query():
     videos = np.eye(3, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"1 video\(s\) have no caption.*: 1"):
-        retrieval_ranks(videos[[0, 2]], videos, np.array([0, 2]))
+    texts = np.array([[0.6, 0.8, 0.0], [0.0, 0.8, 0.6]], dtype=np.float32)  # both prefer uncaptioned video 1
+    t2v, v2t = retrieval_ranks(texts, videos, np.array([0, 2]))
+    assert t2v.tolist() == [2, 2]  # first without video 1
+    assert v2t.tolist() == [1, 1]  # videos 0 and 2 only: video 1 has no ground truth to rank
+    metrics = retrieval_metrics(texts, videos, np.array([0, 2]))
+    assert metrics["num_videos"] == 3 and metrics["num_texts"] == 2
     with pytest.raises(ValueError, match="no caption"):
         retrieval_metrics(np.zeros((0, 3), dtype=np.float32), videos, np.array([], dtype=np.int64))
 

@@ -190,6 +190,7 @@ def assert_cli_defaults_are_the_library_s(stage, command, options, renamed=(), s
 
 
 def test_every_cli_default_is_the_library_s():
+    from pipeline.collection import CollectionOptions
     from pipeline.encode.embed import EmbedOptions
     from pipeline.encode.model import ModelSpec, create_clip4clip
     from pipeline.encode.train import TrainOptions
@@ -197,12 +198,13 @@ def test_every_cli_default_is_the_library_s():
 
     # decode: --workers None is DecodeOptions' default_factory (one per available core).
     assert assert_cli_defaults_are_the_library_s("decode", cli.decode, DecodeOptions, skip=("workers",)) >= 9
-    assert assert_cli_defaults_are_the_library_s("decode", cli.decode, FrameSpec, {"frames": "num_frames"}) == 6
+    assert assert_cli_defaults_are_the_library_s("decode", cli.decode, FrameSpec, {"frames": "num_frames"}) == 11
     assert assert_cli_defaults_are_the_library_s("train", cli.encode_train, TrainOptions, {"recipe": "recipe_name"})
     assert assert_cli_defaults_are_the_library_s("embed", cli.encode_embed, EmbedOptions) >= 10
     # IndexOptions' module imports torch: the CLI and IndexOptions both read pipeline/defaults.py.
-    assert assert_cli_defaults_are_the_library_s("index", cli.index, IndexOptions) == 8
+    assert assert_cli_defaults_are_the_library_s("index", cli.index, IndexOptions) == 11
     assert assert_cli_defaults_are_the_library_s("synth", cli.synth, SynthOptions) == 2
+    assert assert_cli_defaults_are_the_library_s("collection", cli.collection, CollectionOptions) >= 4
     # One model default: ModelSpec's, the factory's, TrainOptions' and EmbedOptions'. (The factory's
     # force_quick_gelu None decides from the tag; ModelSpec records what was decided.)
     spec = field_defaults(ModelSpec)

@@ -15,7 +15,7 @@ from pipeline.encode.train import TrainOptions, make_recipe, train
 from pipeline.errors import VidretError
 from pipeline.index import IndexOptions, index_embeddings
 from pipeline.manifest import read_manifest
-from pipeline.search import SearchHit, format_hits, read_queries, search_videos
+from pipeline.search import SearchHit, format_hits, hits_json, read_queries, search_videos
 
 MODEL = "vidret-micro"
 
@@ -98,8 +98,19 @@ def test_query_input_and_output_format(tmp_path):
     assert read_queries("-", io.StringIO("one\ntwo\n")) == ["one", "two"]
     with pytest.raises(VidretError, match="nowhere.txt: cannot read queries"):
         read_queries(tmp_path / "nowhere.txt")
-    text = format_hits("a red circle", [SearchHit(1, 0.5, "synth00001", "/data/synth00001.mp4")])
-    assert text.splitlines() == ["query: a red circle", "    1  0.5000  synth00001  /data/synth00001.mp4"]
+    hits = [
+        SearchHit(1, 0.5, "synth00001", 1, 12.0, 22.0, "/data/synth00001.mp4"),
+        SearchHit(2, 0.25, "v", 0, 0.0, None, None),
+    ]
+    assert format_hits("a red circle", hits).splitlines() == [
+        "query: a red circle",
+        "    1  synth00001  12.0-22.0 s  0.5000  /data/synth00001.mp4",
+        "    2  v  0.0-? s  0.2500  -",
+    ]
+    assert [json.loads(line) for line in hits_json("a red circle", hits[:1]).splitlines()] == [
+        {"query": "a red circle", "rank": 1, "score": 0.5, "video_id": "synth00001", "clip_index": 1, "start_s": 12.0,
+         "end_s": 22.0, "path": "/data/synth00001.mp4"}
+    ]  # fmt: skip
 
 
 def test_errors(zero_shot_run, tmp_path):

@@ -11,9 +11,20 @@ Every method takes the same 12 uniformly sampled frames of each clip to 224² RG
 - pyav-all: PyAV decodes and converts every frame, then keeps 12 (the naive loader).
 - opencv-seek: OpenCV seeks to each sampled frame and reads it (CLIP4Clip's loader).
 - opencv-grab: OpenCV grabs every frame and retrieves only the 12 (clip-video-encode).
-- vidret-stage: the whole ``vidret decode`` stage (its worker processes, unpinned,
-  writing Parquet shards) over the clips listed --stage-copies times, against
-  ``read_video`` alone with as many workers in the same run.
+- vidret-stage: the whole ``vidret decode`` stage (``decode_videos``: its worker
+  processes, unpinned, writing pieces; the Parquet shards assembled from them) over
+  the clips listed --stage-copies times, against ``read_video`` alone over the same
+  listing with as many pinned workers: the two take turns in every repeat, and the
+  figure is the median of the repeats' time ratios.
+
+A long video (--long-minutes, 30: 640x360 at 25 fps, H.264 with keyframes every
+250 frames, scenes of 8-20 s each panning across a texture of its own) is cut into
+10 s clips of 12 frames each (``decode --clip-seconds 10``), against its own floor:
+
+- clips-floor: PyAV decodes, without colour conversion, the packets that vidret's
+  skip plan for every clip's sampled frames decodes, from a plan made beforehand
+  (vidret pays for its demuxing pass to make it).
+- vidret-clips: ``read_views`` with ``clip_seconds=10``: every clip's frames in one pass.
 
 Each worker process is pinned to one core and every decoder is single-threaded,
 so videos/s per worker is a per-core figure. The CPU time each worker spends per
@@ -23,16 +34,20 @@ is the steadier of the two. The corpus (MSR-VTT-like clips: 15 s,
 texture; and a few 1080p clips) is written once to --cache.
 
     .venv/bin/pip install -e '.[bench]'   # opencv-python-headless, for the OpenCV baselines
-    .venv/bin/python -m pipeline.benchmarks.decode_throughput [--clips 24] [--hd-clips 3] [--workers 1 2] [--out FILE]
+    .venv/bin/python -m pipeline.benchmarks.decode_throughput [--clips 24] [--hd-clips 3] [--workers 1 2]
+        [--long-minutes 30] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -45,8 +60,8 @@ from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from pipeline.decode import DecodeOptions, decode_videos  # noqa: E402
-from pipeline.decode.reader import FrameSpec, read_video, resized_size  # noqa: E402
+from pipeline.decode.clips import clip_windows  # noqa: E402
+from pipeline.decode.reader import FrameSpec, index_stream, read_video, read_views, resized_size, skip_plan  # noqa: E402
 from pipeline.decode.sampling import sample_frame_indices  # noqa: E402
 from pipeline.manifest import write_manifest  # noqa: E402
 from pipeline.stage import read_stage  # noqa: E402
@@ -54,6 +69,8 @@ from pipeline.synth import write_video  # noqa: E402
 
 SPEC = FrameSpec(num_frames=12, size=224)
 SECONDS, FPS = 15, 30
+CLIPS_SPEC = replace(SPEC, clip_seconds=10.0)
+LONG_SIZE, LONG_FPS = (640, 360), 25
 
 
 def pink_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -91,6 +108,63 @@ def make_corpus(cache: Path, clips: int, hd_clips: int) -> dict[str, list[Path]]
                 write_video(path, frames, FPS, codec_options={"preset": "veryfast", "crf": "23"})
             corpus[name].append(path)
     return corpus
+
+
+def long_video(cache: Path, minutes: float) -> Path:
+    """The long video, written on first use: scenes of 8-20 s, each a pan across a texture of its own
+    (x264 veryfast, crf 23, default keyint 250: a keyframe every 10 s and at scene cuts)."""
+    width, height = LONG_SIZE
+    path = cache / f"long-{width}x{height}-{minutes:g}min.mp4"
+    if path.exists():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def scenes():
+        remaining, scene = round(minutes * 60 * LONG_FPS), 0
+        while remaining > 0:
+            rng = np.random.default_rng(1000 + scene)
+            frames = min(remaining, int(rng.integers(8, 21)) * LONG_FPS)
+            yield from panning_clip(rng, width, height, frames)
+            remaining, scene = remaining - frames, scene + 1
+
+    partial = path.with_name(f".{path.name}.partial.mp4")  # a killed write is no cached video
+    write_video(partial, scenes(), LONG_FPS, codec_options={"preset": "veryfast", "crf": "23"})
+    partial.rename(path)
+    return path
+
+
+@functools.cache
+def clips_plan(path: Path) -> tuple[int, list[str]]:
+    """(clips, skip_frame setting per packet) of vidret's pass over every clip's sampled frames."""
+    import av
+
+    index = index_stream(path)
+    with av.open(str(path)) as container:
+        fps = float(container.streams.video[0].average_rate)
+    windows = clip_windows(len(index.pts), fps, CLIPS_SPEC.clip_seconds, CLIPS_SPEC.clip_stride)
+    wanted = {start + i for start, end in windows for i in sample_frame_indices(end - start, SPEC.num_frames)}
+    return len(windows), skip_plan(index, index.presentation_numbers(), wanted)
+
+
+def clips_floor(path: Path) -> int:
+    """Decode what the plan decodes, converting nothing; the frames decoded."""
+    import av
+
+    _, plan = clips_plan(path)
+    decoded = 0
+    with av.open(str(path)) as container:
+        stream = pyav_stream(container)
+        codec = stream.codec_context
+        packets = (packet for packet in container.demux(stream) if packet.size)
+        for position, packet in zip(range(len(plan)), packets, strict=False):
+            codec.skip_frame = plan[position]
+            decoded += len(codec.decode(packet))
+        decoded += len(codec.decode(None))
+    return decoded
+
+
+def vidret_clips(path: Path) -> list:
+    return read_views(path, CLIPS_SPEC)
 
 
 def sampled(num_frames: int) -> list[int]:
@@ -188,6 +262,8 @@ METHODS = {
     "opencv-seek": opencv_seek,
     "opencv-grab": opencv_grab,
 }
+# The long video's: its floor first.
+CLIPS_METHODS = {"clips-floor": clips_floor, "vidret-clips": vidret_clips}
 
 
 def pin_to_core(cores) -> None:
@@ -199,7 +275,7 @@ def run(method: str, path: Path) -> float:
     """CPU seconds of this process (every thread) for one video: unlike wall time, what other tenants of
     a shared machine do barely moves it."""
     started = time.process_time()
-    METHODS[method](path)
+    {**METHODS, **CLIPS_METHODS}[method](path)
     return time.process_time() - started
 
 
@@ -209,9 +285,11 @@ def paired_ratio(times: list[float], floor_times: list[float]) -> float:
     return round(float(np.median(np.array(times) / np.array(floor_times))), 3)
 
 
-def measure(paths: list[Path], workers: int, repeats: int, methods: tuple[str, ...] = tuple(METHODS)) -> list[dict]:
+def measure(
+    paths: list[Path], workers: int, repeats: int, methods: tuple[str, ...] = tuple(METHODS), floor: str = "floor"
+) -> list[dict]:
     """Each method's best wall time over the corpus, with ``workers`` pinned processes, and its ratios
-    to the floor. The methods take turns within every repeat."""
+    to ``floor``, one of them. The methods take turns within every repeat."""
     cores = multiprocessing.Queue()
     for core in sorted(os.sched_getaffinity(0))[:workers]:
         cores.put(core)
@@ -238,18 +316,43 @@ def measure(paths: list[Path], workers: int, repeats: int, methods: tuple[str, .
                 "videos_per_s": round(len(paths) / wall, 2),
                 "videos_per_s_per_worker": round(len(paths) / wall / workers, 2),
                 "frames_per_s": round(len(paths) * SPEC.num_frames / wall, 1),
-                "time_to_floor": paired_ratio(times, walls["floor"]),
+                "time_to_floor": paired_ratio(times, walls[floor]),
                 "cpu_s_per_video": round(min(cpu[method]) / len(paths), 4),
-                "cpu_to_floor": paired_ratio(cpu[method], cpu["floor"]),
+                "cpu_to_floor": paired_ratio(cpu[method], cpu[floor]),
             }
         )
     return rows
 
 
-def measure_stage(paths: list[Path], workers: int, copies: int, rows: list[dict]) -> dict:
-    """The whole decode stage (``vidret decode``: worker processes, Parquet shards, status and
-    stage files) over ``copies`` listings of each clip, against the same run's read_video rows."""
-    with tempfile.TemporaryDirectory(prefix="vidret-bench-") as scratch:
+# One run of the stage in a process of its own, as ``vidret decode`` runs: its decoder processes start
+# cold. The time is decode_videos's, from planning to stage.json; the interpreter's start is not in it.
+STAGE_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline.benchmarks.decode_throughput import SPEC
+from pipeline.decode import DecodeOptions, decode_videos
+if __name__ == "__main__":
+    started = time.perf_counter()
+    options = DecodeOptions(spec=SPEC, workers=int(sys.argv[3]), force=True)
+    decode_videos(sys.argv[1], sys.argv[2], options, progress=False)
+    print(time.perf_counter() - started)
+"""
+
+
+def measure_stage(paths: list[Path], workers: int, copies: int, rows: list[dict], repeats: int = 1) -> dict:
+    """The whole decode stage (``decode_videos``: planning, worker processes, pieces, Parquet shards,
+    status and stage files, in a process of its own) over ``copies`` listings of each clip, paired in
+    every repeat with read_video over the same listing in ``workers`` pinned processes (which goes
+    first alternates)."""
+    listing = [path for _ in range(copies) for path in paths]
+    cores = multiprocessing.Queue()
+    for core in sorted(os.sched_getaffinity(0))[:workers]:
+        cores.put(core)
+    stage_walls, read_walls, outside = [], [], []
+    with (
+        tempfile.TemporaryDirectory(prefix="vidret-bench-") as scratch,
+        ProcessPoolExecutor(workers, initializer=pin_to_core, initargs=(cores,)) as pool,
+    ):
         manifest = Path(scratch) / "manifest.jsonl"
         records = [
             {"video_id": f"{path.stem}-{copy}", "path": str(path.resolve()), "split": "test", "captions": ["a clip"]}
@@ -257,30 +360,56 @@ def measure_stage(paths: list[Path], workers: int, copies: int, rows: list[dict]
             for path in paths
         ]
         write_manifest(manifest, records)
-        options = DecodeOptions(spec=SPEC, workers=workers, force=True)
-        summary = decode_videos(manifest, Path(scratch) / "frames", options, progress=False)
-        # The time the workers spent in read_video, from the stage's own record.
-        decoder_seconds = read_stage(Path(scratch) / "frames")["decoder_seconds"]
-    # One stage run against read_video's median repeat (its best would flatter read_video).
-    per_video = {row["method"]: row["median_seconds"] / row["videos"] for row in rows if row["workers"] == workers}
-    wall = summary.seconds
-    videos = summary.videos
+        list(pool.map(run, ["vidret"] * workers, paths[:workers]))  # warm up: imports and the first open
+
+        def read_videos() -> None:
+            started = time.perf_counter()
+            list(pool.map(run, ["vidret"] * len(listing), listing))
+            read_walls.append(time.perf_counter() - started)
+
+        def stage() -> None:
+            command = [sys.executable, "-c", STAGE_RUN, str(manifest), str(Path(scratch) / "frames"), str(workers)]
+            stage_walls.append(float(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
+            # The time the workers spent in read_video, from the stage's own record.
+            decoder_seconds = read_stage(Path(scratch) / "frames")["decoder_seconds"]
+            outside.append(stage_walls[-1] - decoder_seconds / workers)
+
+        for repeat in range(repeats):
+            for step in (read_videos, stage) if repeat % 2 == 0 else (stage, read_videos):
+                step()
+    ratios = np.array(stage_walls) / np.array(read_walls)
+    floor_row = next(row for row in rows if row["method"] == "floor" and row["workers"] == workers)
+    wall, videos = float(np.median(stage_walls)), len(listing)
     return {
         "method": "vidret-stage",
         "workers": workers,
         "videos": videos,
+        "repeats": repeats,
         "seconds": round(wall, 4),
         "videos_per_s": round(videos / wall, 2),
         "videos_per_s_per_worker": round(videos / wall / workers, 2),
         "frames_per_s": round(videos * SPEC.num_frames / wall, 1),
-        "time_to_floor": round(wall / videos / per_video["floor"], 3),
-        "time_to_read_video": round(wall / videos / per_video["vidret"], 3),
-        # What the stage adds to its workers' decoding (start-up, transfer, Parquet, status files):
-        # a measure that does not move with the machine's speed between this run and read_video's.
-        "seconds_outside_decoders": round(wall - decoder_seconds / workers, 3),
+        # Against the floor's median repeat, measured before: not paired.
+        "time_to_floor": round(wall / videos / (floor_row["median_seconds"] / floor_row["videos"]), 3),
+        "time_to_read_video": round(float(np.median(ratios)), 3),  # paired: a slow spell slows both
+        "time_to_read_video_range": [round(float(ratios.min()), 3), round(float(ratios.max()), 3)],
+        "read_video_seconds": round(float(np.median(read_walls)), 4),
+        # What the stage adds to its workers' decoding (start-up, pieces, Parquet, status files):
+        # a measure that does not move with the machine's speed between the stage and read_video.
+        "seconds_outside_decoders": round(float(np.median(outside)), 3),
         "cpu_s_per_video": None,  # spread over worker processes: wall time only
         "cpu_to_floor": None,
     }
+
+
+def measure_clips(path: Path, repeats: int) -> list[dict]:
+    """vidret-clips against clips-floor on the long video, one pinned worker, taking turns in every repeat."""
+    clips, _ = clips_plan(path)
+    rows = measure([path], workers=1, repeats=repeats, methods=tuple(CLIPS_METHODS), floor="clips-floor")
+    for row in rows:
+        row.update(clips=clips, clips_per_s=round(clips / row["seconds"], 2))
+        row["frames_per_s"] = round(clips * SPEC.num_frames / row["seconds"], 1)
+    return rows
 
 
 def check_same_frames(paths: list[Path]) -> dict[str, float]:
@@ -302,6 +431,9 @@ def main() -> None:
     parser.add_argument(
         "--stage-copies", type=int, default=4, help="the decode stage runs over the clips listed this many times"
     )
+    parser.add_argument(
+        "--long-minutes", type=float, default=30, help="minutes of the long video cut into 10 s clips (0: none)"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -320,7 +452,7 @@ def main() -> None:
             measured = measure(paths, workers, args.repeats)
             rows += measured
             if name != "1080p" and args.stage_copies:
-                rows.append(measure_stage(paths, workers, args.stage_copies, measured))
+                rows.append(measure_stage(paths, workers, args.stage_copies, measured, args.repeats))
         results["runs"][name] = rows
         print(f"\n{name}: {len(paths)} clips of {SECONDS} s at {FPS} fps, 12 frames to {SPEC.size}² each")
         print(
@@ -336,10 +468,24 @@ def main() -> None:
             )
         for row in rows:
             if row["method"] == "vidret-stage":
+                low, high = row["time_to_read_video_range"]
                 print(
-                    f"vidret-stage, {row['workers']} worker(s): {row['seconds_outside_decoders']:.2f} s"
-                    f" of its {row['seconds']:.2f} s outside read_video, {row['videos']} videos"
+                    f"vidret-stage, {row['workers']} worker(s): {row['time_to_read_video']:.2f}x read_video's time"
+                    f" (median of {row['repeats']} paired repeats, {low:.2f}-{high:.2f});"
+                    f" {row['seconds_outside_decoders']:.2f} s of its {row['seconds']:.2f} s outside read_video,"
+                    f" {row['videos']} videos"
                 )
+    if args.long_minutes:
+        path = long_video(args.cache, args.long_minutes)
+        name = f"{args.long_minutes:g}-minute {LONG_SIZE[0]}x{LONG_SIZE[1]}, 10 s clips"
+        rows = results["runs"][name] = measure_clips(path, args.repeats)
+        print(f"\n{name}: {rows[0]['clips']} clips of {SPEC.num_frames} frames to {SPEC.size}² from one video")
+        print(f"{'method':13} {'seconds':>8} {'clips/s':>8} {'frames/s':>9} {'time / floor':>12} {'CPU / floor':>11}")
+        for row in rows:
+            print(
+                f"{row['method']:13} {row['seconds']:>8.2f} {row['clips_per_s']:>8.2f} {row['frames_per_s']:>9.1f}"
+                f" {row['time_to_floor']:>12.2f} {row['cpu_to_floor']:>11}"
+            )
     print(f"\nmean |difference| to vidret's frames, grey levels: {results['frame_difference_to_vidret']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ def write_random_frames(root: Path, videos: int, frames: int, size: int, shard: 
             for video_id in ids:
                 clip = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
                 row = [[video_id], [clip.tobytes()], [frames], [size], [size], [list(range(frames))], [frames], [30.0]]
+                row += [[0], [0.0], [frames / 30.0]]  # clip 0: the whole video
                 out.write_table(pa.table(row, schema=FRAMES_SCHEMA))
         for i, video_id in enumerate(ids, start=start):
             split = "val" if i % 10 == 9 else "train"

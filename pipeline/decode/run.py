@@ -8,7 +8,10 @@ run finds every chunk committed writes ``status.parquet`` and ``stage.json``.
 
 A chunk's key digests the parameters and the identity (path, size, mtime) of
 each of its videos, so a rerun skips what is committed and unchanged and
-redoes the rest, including chunks whose videos were replaced since.
+redoes the rest, including chunks whose videos were replaced since. Within an
+uncommitted chunk it keeps the pieces a killed run's workers finished whose key
+(the parameters and the video's identity) still matches: a kill -9 costs at
+most the videos being decoded at the time.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tqdm import tqdm
@@ -35,12 +38,15 @@ from pipeline.decode.writer import (
     marker_path,
     merge_status,
     part_path,
+    piece_path,
+    pieces_dir,
     read_marker,
+    read_piece,
 )
 from pipeline.errors import VidretError, check_number
 from pipeline.files import sha256_file, sha256_json
 from pipeline.manifest import ManifestEntry, parse_splits, read_manifest, select_split
-from pipeline.schemas import DECODE_STATUSES, FRAMES_SCHEMA, FRAMES_VIEWS_SCHEMA, STATUS_FILE
+from pipeline.schemas import DECODE_STATUSES, STATUS_FILE, frames_schema
 from pipeline.stage import (
     LOCK_FILE,
     STAGE_FILE,
@@ -57,8 +63,11 @@ from pipeline.stage import (
     skip_line,
 )
 
-# Decoded videos that may wait in memory for a slower one ahead of them
-# (results are written in manifest order). Past this, dispatch pauses.
+# FrameSpec's clip options: at their defaults (a video is one clip) they are left out of the parameters.
+CLIP_OPTIONS = ("clip_seconds", "clip_stride", "clip_shots")
+
+# Decoded videos whose pieces may wait on disk for a slower one ahead of them
+# (part files are assembled in manifest order). Past this, dispatch pauses.
 REORDER_BUDGET_BYTES = 1 << 30
 
 
@@ -96,6 +105,11 @@ class DecodeOptions:
                 f"--shard-index must be in [0, {self.num_shards}) with --num-shards {self.num_shards},"
                 f" got {self.shard_index}"
             )
+        if self.train_views and self.spec.clips:
+            raise VidretError(
+                "--train-views with --clip-seconds or --clip-shots: train views are draws over a whole video;"
+                " decode clips without --train-views"
+            )
         if self.train_views and self.spec.sampling != "uniform":
             raise VidretError(
                 f"--train-views needs --sampling uniform (MMAction2's train mode), got {self.spec.sampling!r},"
@@ -111,6 +125,12 @@ class DecodeOptions:
         params = {**self.spec.to_dict(), "split": self.split, "shard_size": self.shard_size}
         if params["interpolation"] == "bilinear":
             del params["interpolation"]
+        spec_defaults = {spec_field.name: spec_field.default for spec_field in fields(FrameSpec)}
+        for name in CLIP_OPTIONS:
+            if params[name] == spec_defaults[name]:
+                del params[name]
+        if params["frame_format"] == "raw":  # the quality shapes JPEG frames only
+            del params["frame_format"], params["jpeg_quality"]
         if self.train_views:
             params.update(train_views=self.train_views, seed=self.seed)
         return params
@@ -128,6 +148,7 @@ class DecodeSummary:
     counts: Counter  # this run's videos by status
     frames: int  # frames written by this run
     seconds: float
+    videos_resumed: int  # found decoded in pieces a killed run left, and kept
     chunks_run: int  # decoded by this run
     chunks_already_committed: int  # of this shard's chunks, found committed and skipped
     chunks_committed: int  # of the whole split, after this run
@@ -169,6 +190,8 @@ class DecodeSummary:
         ]
         if self.chunks_already_committed:
             parts.append(f"resumed: {self.chunks_already_committed} chunks were already committed")
+        if self.videos_resumed:
+            parts.append(f"kept {self.videos_resumed} videos a killed run had decoded")
         if not self.complete:
             parts.append(waiting)
         return " | ".join(parts) + self.ran_because
@@ -182,7 +205,8 @@ def plan_chunks(
     for index, start in enumerate(range(0, len(entries), shard_size)):
         members = tuple(entries[start : start + shard_size])
         inputs = [_video_identity(entry, stats[entry.video_id], params) for entry in members]
-        chunks.append(Chunk(index, members, sha256_json([params, inputs])))
+        piece_keys = tuple(sha256_json([params, identity]) for identity in inputs)
+        chunks.append(Chunk(index, members, sha256_json([params, inputs]), piece_keys))
     return chunks
 
 
@@ -315,25 +339,25 @@ def decode_videos(
         decision = decide(stage, options.force)
         if not decision.run:
             return DecodeSummary(
-                out_dir, Counter(), 0, 0.0, 0, 0, len(chunks), len(chunks), len(entries), shard,
+                out_dir, Counter(), 0, 0.0, 0, 0, 0, len(chunks), len(chunks), len(entries), shard,
                 skip_reason=decision.reason,
             )  # fmt: skip
         markers = _read_markers(out_dir)
         if sharded:
             _refuse_other_parameters(out_dir, markers, params)
         mine = [chunk for chunk in chunks if chunk.index % options.num_shards == options.shard_index]
-        already_committed = _committed(out_dir, mine, markers)
-        todo = [chunk for chunk in mine if chunk.index not in already_committed]
-        if options.force:
+        if options.force:  # before hashing the part files it replaces
             clear_outputs(out_dir)
             markers, already_committed, todo = {}, set(), mine
         else:
+            already_committed = _committed(out_dir, mine, markers)
+            todo = [chunk for chunk in mine if chunk.index not in already_committed]
             _refuse_losing_decoded(out_dir, todo, markers, stats)
-        counts, frames, seconds = Counter(), 0, 0.0
+        counts, frames, seconds, resumed = Counter(), 0, 0.0, 0
         if todo:
             begin(stage)  # the folder is about to change: it is no longer the one stage.json described
             (out_dir / STATUS_FILE).unlink(missing_ok=True)
-            counts, frames, seconds = _decode_chunks(todo, stats, out_dir, options, params, reader, progress)
+            counts, frames, seconds, resumed = _decode_chunks(todo, stats, out_dir, options, params, reader, progress)
             # Look again: runs of other shards may have committed chunks meanwhile, and
             # the last run to finish must see them all to write the merged status.
             markers = _read_markers(out_dir)
@@ -342,6 +366,7 @@ def decode_videos(
             counts=counts,
             frames=frames,
             seconds=seconds,
+            videos_resumed=resumed,
             chunks_run=len(todo),
             chunks_already_committed=len(already_committed),
             # This shard's chunks were just hashed or written; a size check is enough to count the split's.
@@ -364,33 +389,52 @@ def _decode_chunks(
     params: dict,
     reader: Reader,
     progress: bool,
-) -> tuple[Counter, int, float]:
-    entries = [entry for chunk in chunks for entry in chunk.entries]
-    tasks = [DecodeTask(seq, entry.video_id, entry.path, options.views(entry)) for seq, entry in enumerate(entries)]
-    # Failures that stat alone reveals (missing, empty) need no worker.
+) -> tuple[Counter, int, float, int]:
+    """Decode ``chunks`` and commit them; (this run's videos by status, frames, seconds, videos kept from
+    pieces)."""
+    start = time.perf_counter()
+    tasks = []
+    for chunk in chunks:
+        pieces_dir(out_dir, chunk.index).mkdir(parents=True, exist_ok=True)
+        for position, (entry, key) in enumerate(zip(chunk.entries, chunk.piece_keys, strict=True)):
+            piece = piece_path(out_dir, chunk.index, position)
+            tasks.append(DecodeTask(len(tasks), entry.video_id, entry.path, piece, key, options.views(entry)))
+    # Failures that stat alone reveals (missing, empty) need no worker; videos whose piece is
+    # there, with their key, were decoded by a killed run.
     problems = [check_video_file(task.path, stats[task.video_id]) for task in tasks]
-    to_decode = sum(problem is None for problem in problems)
+    kept = {}
+    for task, problem in zip(tasks, problems, strict=True):
+        piece = read_piece(task.piece) if problem is None else None
+        if piece is not None and piece.key == task.key:
+            kept[task.seq] = DecodeResult(task.seq, task.video_id, piece.status, piece.error, piece.seconds)
+    to_decode = sum(problem is None for problem in problems) - len(kept)
+    # The raw frames' size, which bounds JPEG frames' too: 4:2:0 chroma keeps half the samples.
     video_bytes = options.spec.frame_bytes * max(options.train_views, 1)
     window = max(4 * options.workers, REORDER_BUDGET_BYTES // video_bytes)
     (out_dir / LOGS_DIR).mkdir(exist_ok=True)
-    writer = ChunkWriter(out_dir, chunks, params, FRAMES_VIEWS_SCHEMA if options.train_views else FRAMES_SCHEMA)
     counts, frames = Counter(), 0
-    bar = tqdm(total=len(tasks), unit="video", desc="decode", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(tasks), initial=len(kept), unit="video", desc="decode", disable=not progress, dynamic_ncols=True
+    )
 
     def accept(result: DecodeResult) -> None:
         nonlocal frames
+        if result.write_error:
+            raise VidretError(f"cannot write a decoded video's piece: {result.write_error}")
         counts[result.status] += 1
-        frames += sum(len(video.frame_indices) for video in result.views)
+        frames += result.frames
         writer.add(result)
         bar.update(1)
-        bar.set_postfix_str(f"ok {counts['ok']}, failed {bar.n - counts['ok']}", refresh=False)
+        bar.set_postfix_str(f"ok {counts['ok']}, failed {counts.total() - counts['ok']}", refresh=False)
 
-    start = time.perf_counter()
+    schema = frames_schema(options.spec.frame_format, bool(options.train_views))
+    writer = ChunkWriter(out_dir, chunks, params, schema)
     pool = None
     try:
         if to_decode:
             log_path = out_dir / LOGS_DIR / "decode-workers.log"
-            pool = DecodePool(min(options.workers, to_decode), options.spec, options.timeout, log_path, reader)
+            workers = min(options.workers, to_decode)
+            pool = DecodePool(workers, options.spec, schema, options.timeout, log_path, reader)
         dispatched = 0
 
         def dispatch() -> None:
@@ -399,6 +443,8 @@ def _decode_chunks(
                 task, problem = tasks[dispatched], problems[dispatched]
                 if problem is not None:
                     accept(DecodeResult(task.seq, task.video_id, problem.status, str(problem), 0.0))
+                elif task.seq in kept:
+                    writer.add(kept[task.seq])
                 elif pool.idle:
                     pool.submit(task)
                 else:
@@ -420,7 +466,7 @@ def _decode_chunks(
         if pool is not None:
             pool.close()
         bar.close()
-    return counts, frames, time.perf_counter() - start
+    return counts, frames, time.perf_counter() - start, len(kept)
 
 
 def _finish(
@@ -438,6 +484,9 @@ def _finish(
     for index in {_chunk_index(path) for path in written} - {chunk.index for chunk in chunks}:
         part_path(out_dir, index).unlink(missing_ok=True)  # a chunk of an earlier, longer manifest
         marker_path(out_dir, index).unlink(missing_ok=True)
+    for pieces in (out_dir / CHUNKS_DIR).glob("part-*"):
+        if pieces.is_dir():  # of a chunk whose run was killed between its marker and removing its pieces
+            shutil.rmtree(pieces)
     counts = Counter(status.column("status").to_pylist())
     throughput = None
     if summary.chunks_run:

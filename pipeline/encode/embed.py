@@ -1,5 +1,8 @@
 """Embed videos and captions: ``RUN/embeddings/{videos,texts}.parquet``.
 
+Every clip of every video gets a row (a whole video is one clip); an uncaptioned video
+gets its rows but no caption row, and a caption-free collection a texts file of no rows.
+
 The model comes from a training checkpoint, or, for zero-shot CLIP, straight from
 open_clip (``--model`` and ``--pretrained``, meanP head, ``--caption-length``). Under
 torchrun each rank embeds every world-size-th video and rank 0 writes the files.
@@ -52,22 +55,35 @@ from pipeline.stage import (
 def embed_videos(
     model: CLIP4Clip,
     store: FrameStore,
-    video_ids: list[str],
+    units: list[tuple[str, int]],
     world: World,
     batch_size: int = 64,
     threads: int = 4,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings of ``video_ids``, in order, on every rank."""
-    mine = video_ids[world.rank :: world.size]
-    batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
-    rows = []
-    for batch in prefetch_batches(store, batches, threads=threads, pin_memory=world.device.type == "cuda"):
-        with model.autocast():
-            rows.append(model.encode_video(batch.frames, batch.frame_mask).float())
-        if on_batch:
-            on_batch(len(batch.frames) * world.size)
-    return _gather_in_order(rows, world, len(video_ids), model.clip.visual.output_dim)
+    """L2-normalised float32 embeddings of ``units`` ((video_id, clip) pairs, ``FrameStore.clip_units``), in
+    order, on every rank."""
+    mine = np.arange(len(units))[world.rank :: world.size]
+    clip_of = np.array([clip for _, clip in units], dtype=np.int64)
+    rows, positions = [], []
+    # prefetch_batches reads one row number of every video it is given: one pass per clip number.
+    for clip in np.unique(clip_of[mine]):
+        same_clip = mine[clip_of[mine] == clip]
+        batches = [same_clip[start : start + batch_size] for start in range(0, len(same_clip), batch_size)]
+        video_batches = ([units[unit][0] for unit in batch] for batch in batches)
+        frames = prefetch_batches(
+            store, video_batches, threads=threads, pin_memory=world.device.type == "cuda", view=int(clip)
+        )
+        for batch in frames:
+            with model.autocast():
+                rows.append(model.encode_video(batch.frames, batch.frame_mask).float())
+            if on_batch:
+                on_batch(len(batch.frames) * world.size)
+        positions.append(same_clip)
+    if len(positions) > 1:  # back in this rank's order, on the device
+        order = torch.from_numpy(np.argsort(np.concatenate(positions), kind="stable")).to(rows[0].device)
+        rows = [torch.cat(rows)[order]]
+    return _gather_in_order(rows, world, len(units), model.clip.visual.output_dim)
 
 
 @torch.no_grad()
@@ -117,12 +133,15 @@ def evaluate(
     was_training = model.training
     model.eval()
     video_ids = [entry.video_id for entry in entries]
-    videos = embed_videos(model, store, video_ids, world, batch_size, threads)
+    videos = embed_videos(model, store, store.clip_units(video_ids), world, batch_size, threads)
     text_video_ids, _ = caption_pairs(entries)
     texts = embed_texts(model, tokens, world)
     model.train(was_training)
     row_of = {video_id: row for row, video_id in enumerate(video_ids)}
-    return retrieval_metrics(texts, videos, np.array([row_of[video_id] for video_id in text_video_ids]))
+    clips_per_video = [len(store.clips(video_id)) for video_id in video_ids]
+    return retrieval_metrics(
+        texts, videos, np.array([row_of[video_id] for video_id in text_video_ids]), clips_per_video=clips_per_video
+    )
 
 
 def check_frame_size(model: CLIP4Clip, shape: tuple[int, ...], frames_dir: Path) -> None:
@@ -188,6 +207,8 @@ class EmbedSummary:
     out: Path
     videos: int = 0
     texts: int = 0
+    clips: int = 0  # rows of videos.parquet: a video's clips, or the whole video
+    uncaptioned: int = 0  # embedded videos without a caption: searchable, never scored
     skipped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     video_seconds: float = 0.0  # of ``seconds``, embedding the videos (the rest: the captions)
@@ -202,8 +223,11 @@ class EmbedSummary:
         skipped = sum(self.skipped.values())
         detail = f" ({describe_failures(self.skipped)})" if skipped else ""
         rate = self.videos / self.seconds if self.seconds else 0.0
+        # Clips and uncaptioned videos are said where there are any, so a whole-video captioned run reads as before.
+        clips = f" ({self.clips} clips)" if self.clips != self.videos else ""
+        uncaptioned = f" ({self.uncaptioned} videos uncaptioned)" if self.uncaptioned else ""
         return (
-            f"embed: {self.videos} videos, {self.texts} captions, {skipped} videos skipped{detail} "
+            f"embed: {self.videos} videos{clips}, {self.texts} captions{uncaptioned}, {skipped} videos skipped{detail} "
             f"in {self.seconds:.1f} s ({rate:.1f} videos/s) -> {self.out}{why}"
         )
 
@@ -272,10 +296,13 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
     with locked(stage) if world.is_main else contextlib.nullcontext():
         decision = broadcast_decision(world, lambda: decide(stage, options.force))
         if not decision.run:
+            counts = decision.previous["counts"]
             return EmbedSummary(
                 out,
-                videos=decision.previous["counts"]["videos"],
-                texts=decision.previous["counts"]["texts"],
+                videos=counts["videos"],
+                texts=counts["texts"],
+                clips=counts.get("clips", counts["videos"]),  # a record of an earlier vidret: whole videos
+                uncaptioned=counts.get("uncaptioned", 0),
                 is_main=world.is_main,
                 skip_reason=decision.reason,
             )
@@ -283,25 +310,34 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
         video_ids = [entry.video_id for entry in selection.entries]
         check_frame_size(model, store.frame_shape(video_ids), options.frames_dir)
         model = model.to(world.device).eval()
+        units = store.clip_units(video_ids)
 
         if world.is_main:
             begin(stage)
         started = time.perf_counter()
-        with tqdm(
-            total=len(video_ids), unit="video", desc="embed", disable=not (options.progress and world.is_main)
-        ) as bar:
-            videos = embed_videos(model, store, video_ids, world, options.batch_size, options.workers, bar.update)
+        with tqdm(total=len(units), unit="clip", desc="embed", disable=not (options.progress and world.is_main)) as bar:
+            videos = embed_videos(model, store, units, world, options.batch_size, options.workers, bar.update)
         video_seconds = time.perf_counter() - started  # embed_videos returns host arrays: the device is done
         text_video_ids, captions = caption_pairs(selection.entries)
-        texts = embed_texts(model, model.tokenize(captions), world)
+        dim = model.clip.visual.output_dim
+        # A caption-free collection: nothing to tokenise, and a texts file of no rows.
+        texts = embed_texts(model, model.tokenize(captions), world) if captions else np.zeros((0, dim), np.float32)
         seconds = time.perf_counter() - started
 
         summary = EmbedSummary(
-            out, len(video_ids), len(captions), selection.skipped, seconds, video_seconds, world.is_main,
-            ran_because=ran_because(decision),
+            out, len(video_ids), len(captions), len(units), sum(not entry.captions for entry in selection.entries),
+            selection.skipped, seconds, video_seconds, world.is_main, ran_because=ran_because(decision),
         )  # fmt: skip
         if world.is_main:
-            write_parquet(out / VIDEOS_FILE, embeddings_table(VIDEOS_SCHEMA, videos, video_id=video_ids))
+            clips = [store.locations[video_id][clip] for video_id, clip in units]
+            write_parquet(
+                out / VIDEOS_FILE,
+                embeddings_table(
+                    VIDEOS_SCHEMA, videos, video_id=[video_id for video_id, _ in units],
+                    clip_index=[clip.clip_index for clip in clips], start_s=[clip.start_s for clip in clips],
+                    end_s=[clip.end_s for clip in clips],
+                ),
+            )  # fmt: skip
             write_parquet(
                 out / TEXTS_FILE, embeddings_table(TEXTS_SCHEMA, texts, video_id=text_video_ids, caption=captions)
             )
@@ -311,7 +347,7 @@ def _embed(options: EmbedOptions, world: World) -> EmbedSummary:
     return summary
 
 
-def embeddings_table(schema: pa.Schema, embeddings: np.ndarray, **columns: list[str]) -> pa.Table:
+def embeddings_table(schema: pa.Schema, embeddings: np.ndarray, **columns: list) -> pa.Table:
     dim = embeddings.shape[1]
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     offsets = pa.array(np.arange(0, len(embeddings) * dim + 1, dim, dtype=np.int32))
@@ -323,7 +359,13 @@ def embed_record(model: dict, inputs: dict, summary: EmbedSummary, world: World)
         "model": model,
         "normalised": "L2",
         "input": inputs,
-        "counts": {"videos": summary.videos, "texts": summary.texts, "skipped": dict(summary.skipped)},
+        "counts": {
+            "videos": summary.videos,
+            "clips": summary.clips,
+            "texts": summary.texts,
+            "uncaptioned": summary.uncaptioned,
+            "skipped": dict(summary.skipped),
+        },
         "throughput": {
             "seconds": round(summary.seconds, 3),
             "video_seconds": round(summary.video_seconds, 3),

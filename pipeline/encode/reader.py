@@ -1,8 +1,8 @@
 """Read decoded frames (``RUN/frames``) for the encode stage.
 
 ``FrameStore`` gives random access to any video's frames by ``video_id`` (and
-view): decode writes one row group per row, so a shuffled batch reads only its
-own videos.
+view, or clip): decode writes one row group per row, so a shuffled batch reads
+only its own videos.
 ``prefetch_batches`` reads batches in background threads, a few batches ahead,
 into uint8 arrays (pinned memory when the model is on a GPU), so the device never
 waits on Parquet; each batch comes with the mask of its padded frames, if any.
@@ -23,8 +23,9 @@ import torch
 
 from pipeline.errors import VidretError, check_path, first_line, shown_path
 from pipeline.files import open_parquet, read_parquet, sha256_file
+from pipeline.frames_codec import decode_jpeg, decode_jpeg_batch_on_gpu
 from pipeline.manifest import ManifestEntry, read_manifest
-from pipeline.schemas import STATUS_FILE
+from pipeline.schemas import CLIP_COLUMNS, STATUS_FILE
 from pipeline.stage import STAGE_FILE, read_committed, read_stage
 
 
@@ -35,13 +36,19 @@ class FrameLocation:
     row: int  # within the row group; 0 for files written by decode (one row per row group)
     shape: tuple[int, int, int, int]  # T, H, W, 3
     real_frames: int  # the first ones, sampled from the video; the rest of T are padding (all zeros)
+    clip_index: int  # 0 for a whole video (and for each of its views)
+    start_s: float  # the clip's place in the video, in seconds
+    end_s: float | None  # None where unknown (a part file of an earlier vidret whose video lists no frame rate)
 
 
 class FrameStore:
     """Every decoded video in a frames directory, and every video's decode status.
 
-    A video has one row per view (``view`` column; files without it have view 0 only):
-    K train-mode draws for a train video decoded with ``--train-views K``, else one.
+    A video has rows 0..K-1 (``locations[video_id][k]``, read with ``read(video_id, k)``): its views (the
+    ``view`` column: K train-mode draws for a train video decoded with ``--train-views K``), or its clips in
+    time order (the ``clip_index`` column: decode ``--clip-seconds``/``--clip-shots``), or just row 0, the
+    whole video. Decode never writes views and clips together; part files without the clip columns hold
+    whole videos.
     """
 
     def __init__(self, frames_dir: Path | str):
@@ -58,7 +65,7 @@ class FrameStore:
             if files
             else sorted(self.directory.glob("part-*.parquet"))
         )
-        self.locations: dict[str, dict[int, FrameLocation]] = {}  # video_id -> view -> location
+        self.locations: dict[str, dict[int, FrameLocation]] = {}  # video_id -> view or clip -> location
         for part in parts:
             self._index_part(part)
         for video_id, views in self.locations.items():
@@ -68,11 +75,18 @@ class FrameStore:
 
     def _index_part(self, part: Path) -> None:
         handle = open_parquet(part)
-        has_views = "view" in handle.schema_arrow.names
-        columns = ["video_id", "num_frames", "height", "width", "frame_indices"] + (["view"] if has_views else [])
+        names = handle.schema_arrow.names
+        has_views, has_clips = "view" in names, all(name in names for name in CLIP_COLUMNS)
+        columns = ["video_id", "num_frames", "height", "width", "frame_indices", "source_num_frames", "fps"]
+        columns += (["view"] if has_views else []) + (list(CLIP_COLUMNS) if has_clips else [])
         table = read_parquet(part, columns=columns)  # a damaged page: one line naming the part file
         ids = table.column("video_id").to_pylist()
         views = table.column("view").to_pylist() if has_views else [0] * len(ids)
+        if has_clips:
+            clips = zip(*(table.column(name).to_pylist() for name in CLIP_COLUMNS), strict=True)
+        else:  # an earlier vidret's part file: whole videos, from 0 s to their duration
+            durations = zip(table.column("source_num_frames").to_pylist(), table.column("fps").to_pylist(), strict=True)
+            clips = ((0, 0.0, frames / fps if frames is not None and fps else None) for frames, fps in durations)
         shapes = zip(*(table.column(name).to_pylist() for name in ("num_frames", "height", "width")), strict=True)
         indices = table.column("frame_indices").to_pylist()
         row_groups = [
@@ -80,48 +94,105 @@ class FrameStore:
             for group in range(handle.num_row_groups)
             for row in range(handle.metadata.row_group(group).num_rows)
         ]
-        rows = zip(ids, views, shapes, indices, row_groups, strict=True)
-        for video_id, view, (frames, height, width), frame_indices, (group, row) in rows:
+        rows = zip(ids, views, clips, shapes, indices, row_groups, strict=True)
+        for video_id, view, (clip, start_s, end_s), (frames, height, width), frame_indices, (group, row) in rows:
+            if view and clip:
+                raise VidretError(
+                    f"{part}: video {video_id!r} has view {view} of clip {clip}; views and clips exclude each other"
+                )
+            key, kind = (clip, "clip") if clip else (view, "view")
             located = self.locations.setdefault(video_id, {})
-            if view in located:
-                raise VidretError(f"{part}: video {video_id!r} view {view} is also in {located[view].part.name}")
+            if key in located:
+                raise VidretError(f"{part}: video {video_id!r} {kind} {key} is also in {located[key].part.name}")
             real = _real_frames(frame_indices, part, video_id)
-            located[view] = FrameLocation(part, group, row, (frames, height, width, 3), real)
+            located[key] = FrameLocation(part, group, row, (frames, height, width, 3), real, clip, start_s, end_s)
 
     def _check_views(self, video_id: str, views: dict[int, FrameLocation]) -> None:
+        kind = "clips" if any(location.clip_index for location in views.values()) else "views"
         if sorted(views) != list(range(len(views))):
             raise VidretError(
-                f"{self.directory}: video {video_id!r} has views {sorted(views)}; expected 0 to {len(views) - 1}"
+                f"{self.directory}: video {video_id!r} has {kind} {sorted(views)}; expected 0 to {len(views) - 1}"
             )
         if len({location.shape for location in views.values()}) != 1:
-            raise VidretError(f"{self.directory}: the views of video {video_id!r} have different frame shapes")
+            raise VidretError(f"{self.directory}: the {kind} of video {video_id!r} have different frame shapes")
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.locations
 
     def num_views(self, video_id: str) -> int:
-        """The video's rows: K for a train video decoded with ``--train-views K``, else 1."""
+        """The video's rows: K for a train video decoded with ``--train-views K``, K for a video decoded into K
+        clips, else 1."""
         return len(self.locations[video_id])
 
+    def clips(self, video_id: str) -> list[FrameLocation]:
+        """The video's clips in time order (one, clip 0, for a whole video or a video decoded in views)."""
+        located = self.locations[video_id]
+        return [located[clip] for clip in range(len(located))] if self.has_clips(video_id) else [located[0]]
+
+    def has_clips(self, video_id: str) -> bool:
+        """Whether the video was decoded into several clips (rows 1.. are clips, not views)."""
+        located = self.locations[video_id]
+        return len(located) > 1 and located[1].clip_index == 1
+
+    def clip_units(self, video_ids: Iterable[str]) -> list[tuple[str, int]]:
+        """Every (video_id, clip) of these videos, videos in the given order and each video's clips in time
+        order: what embed embeds, one row of videos.parquet each."""
+        return [(video_id, location.clip_index) for video_id in video_ids for location in self.clips(video_id)]
+
     def read(self, video_id: str, view: int = 0) -> np.ndarray:
-        """The frames of one view of the video, uint8 ``T×H×W×3`` (a read-only view of the Parquet buffer)."""
+        """The frames of one view of the video, uint8 ``T×H×W×3``: a read-only view of the Parquet buffer,
+        or the JPEG frames (``--frame-format jpeg``) decoded into a new array."""
         location = self.locations[video_id][view]
-        handles = self._local.__dict__.setdefault("handles", {})  # ParquetFile is not shared across threads
-        if location.part not in handles:
-            handles[location.part] = open_parquet(location.part)
-        try:
-            column = handles[location.part].read_row_group(location.row_group, columns=["frames"]).column(0)
-        except (pa.ArrowException, OSError) as error:
-            raise VidretError(
-                f"{location.part}: damaged frames of video {video_id!r} ({first_line(error)}); rerun vidret decode"
-            ) from None
-        buffer = column[location.row].as_buffer()
+        value = self._frames_value(location, video_id)
+        if isinstance(value, pa.ListScalar):
+            frames = np.empty(location.shape, np.uint8)
+            try:
+                decode_jpeg([image.as_buffer() for image in value.values], frames)
+            except (OSError, ValueError) as error:  # Pillow raises OSError on a damaged image
+                raise VidretError(
+                    f"{location.part}: bad JPEG frames of video {video_id!r} ({first_line(error)}); rerun vidret decode"
+                ) from None
+            return frames
+        buffer = value.as_buffer()
         if buffer.size != np.prod(location.shape):
             raise VidretError(
                 f"{location.part}: video {video_id!r} has {buffer.size} frame bytes, "
                 f"expected {'x'.join(map(str, location.shape))}"
             )
         return np.frombuffer(buffer, dtype=np.uint8).reshape(location.shape)
+
+    def read_jpeg(self, video_id: str, view: int = 0) -> list[pa.Buffer] | None:
+        """The JPEG images of one view of the video, one per frame, still encoded (for a GPU to decode);
+        None for raw frames."""
+        location = self.locations[video_id][view]
+        value = self._frames_value(location, video_id)
+        if not isinstance(value, pa.ListScalar):
+            return None
+        if len(value.values) != location.shape[0]:
+            raise VidretError(
+                f"{location.part}: video {video_id!r} has {len(value.values)} JPEG frames, expected {location.shape[0]}"
+            )
+        return [image.as_buffer() for image in value.values]
+
+    def stores_jpeg(self, video_id: str, view: int = 0) -> bool:
+        """Whether the video's part file holds JPEG frames (``--frame-format jpeg``) rather than raw ones."""
+        return pa.types.is_list(self._handle(self.locations[video_id][view].part).schema_arrow.field("frames").type)
+
+    def _handle(self, part: Path):
+        handles = self._local.__dict__.setdefault("handles", {})  # ParquetFile is not shared across threads
+        if part not in handles:
+            handles[part] = open_parquet(part)
+        return handles[part]
+
+    def _frames_value(self, location: FrameLocation, video_id: str) -> pa.Scalar:
+        """The ``frames`` value of one row: binary (raw), or a list of JPEG images."""
+        try:
+            column = self._handle(location.part).read_row_group(location.row_group, columns=["frames"]).column(0)
+        except (pa.ArrowException, OSError) as error:
+            raise VidretError(
+                f"{location.part}: damaged frames of video {video_id!r} ({first_line(error)}); rerun vidret decode"
+            ) from None
+        return column[location.row]
 
     def frame_shape(self, video_ids: Iterable[str]) -> tuple[int, int, int, int]:
         """The one frame shape of these videos; an error if they differ (a batch needs one shape)."""
@@ -221,7 +292,7 @@ def frames_and_manifest(frames_dir: Path | str, manifest: Path | str) -> dict:
 
 @dataclass
 class FrameBatch:
-    frames: torch.Tensor  # uint8 B×T×H×W×3
+    frames: torch.Tensor  # uint8 B×T×H×W×3; on the GPU already when JPEG frames were decoded there
     frame_mask: torch.Tensor | None  # B×T, True for sampled frames; None when no frame is padding
 
 
@@ -233,22 +304,43 @@ def prefetch_batches(
     pin_memory: bool = False,
     view: int = 0,
 ) -> Iterator[FrameBatch]:
-    """The frames of ``view`` of each batch of video ids, read ``depth`` batches ahead."""
+    """The frames of ``view`` of each batch of video ids, read ``depth`` batches ahead.
+
+    JPEG frames are decoded in the reading threads, or, with ``pin_memory`` (the model is on a GPU), on
+    that GPU, a batch at a time: the threads only read the images."""
     pending: deque = deque()
+    # The calling process's GPU: each thread's current CUDA device starts at 0.
+    gpu = torch.device("cuda", torch.cuda.current_device()) if pin_memory else None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidret-frames") as pool:
 
         def submit(video_ids: list[str]) -> None:
             shape = store.frame_shape(video_ids)
+            real = torch.tensor([store.locations[video_id][view].real_frames for video_id in video_ids])
+            mask = torch.arange(shape[0]) < real[:, None] if bool((real < shape[0]).any()) else None
+            if gpu is not None and all(store.stores_jpeg(video_id, view) for video_id in video_ids):
+                reads = [pool.submit(store.read_jpeg, video_id, view) for video_id in video_ids]
+
+                def decode_on_gpu() -> torch.Tensor:
+                    try:
+                        return decode_jpeg_batch_on_gpu([read.result() for read in reads], shape, gpu)
+                    except (RuntimeError, ValueError) as error:  # nvJPEG's error on a damaged image
+                        raise VidretError(
+                            f"{store.directory}: bad JPEG frames in videos {video_ids[0]!r}..{video_ids[-1]!r}"
+                            f" ({first_line(error)}); rerun vidret decode"
+                        ) from None
+
+                # Queued after its reads, so every read has started by the time it waits on them.
+                decoded = pool.submit(decode_on_gpu)
+                pending.append((lambda: FrameBatch(decoded.result(), mask), [*reads, decoded]))
+                return
             frames = torch.empty((len(video_ids), *shape), dtype=torch.uint8, pin_memory=pin_memory)
             array = frames.numpy()
 
             def fill(index: int, video_id: str) -> None:
                 array[index] = store.read(video_id, view)
 
-            real = torch.tensor([store.locations[video_id][view].real_frames for video_id in video_ids])
-            mask = torch.arange(shape[0]) < real[:, None] if bool((real < shape[0]).any()) else None
             futures = [pool.submit(fill, i, video_id) for i, video_id in enumerate(video_ids)]
-            pending.append((FrameBatch(frames, mask), futures))
+            pending.append((lambda: FrameBatch(frames, mask), futures))
 
         try:
             for video_ids in batches:
@@ -267,4 +359,4 @@ def _wait(item) -> FrameBatch:
     batch, futures = item
     for future in futures:
         future.result()  # re-raises a reader error in the consumer
-    return batch
+    return batch()

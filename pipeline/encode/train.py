@@ -275,6 +275,7 @@ class TrainSummary:
     stopped_early: bool = False
     best: dict | None = None
     last_loss: float = float("nan")
+    uncaptioned: int = 0  # train and val videos left out: nothing to train or validate on
     is_main: bool = True  # under torchrun, only rank 0 reports
     skip_reason: str | None = None  # why nothing was trained
     ran_because: str = ""  # why a finished earlier run was replaced, as the line says it
@@ -286,9 +287,10 @@ class TrainSummary:
         rate = self.samples / self.seconds if self.seconds else 0.0
         best = f", best val t2v R@1 {self.best['t2v']['R@1']:.1f} (epoch {self.best['epoch']})" if self.best else ""
         state = "stopped early; --resume continues" if self.stopped_early else f"{self.epochs_done} epochs"
+        left_out = f"; {self.uncaptioned} uncaptioned videos left out" if self.uncaptioned else ""
         return (
             f"train: {self.steps} steps ({state}), {self.samples} videos in {self.seconds:.1f} s "
-            f"({rate:.1f} videos/s), loss {self.last_loss:.4f}{best} -> {self.out}{why}"
+            f"({rate:.1f} videos/s), loss {self.last_loss:.4f}{best}{left_out} -> {self.out}{why}"
         )
 
 
@@ -353,8 +355,15 @@ class Trainer:
         self.decision = decision or Decision(True, "no earlier output", None)
         self.out = Path(options.out)
         self.store = FrameStore(options.frames_dir)
+        if any(self.store.has_clips(video_id) for video_id in self.store.locations):
+            raise VidretError(
+                f"{options.frames_dir}: train needs whole-video frames: decode without --clip-seconds/--clip-shots"
+            )
         manifest = read_manifest(options.manifest, options.video_root)
+        # Uncaptioned videos have nothing to train or validate on: left out of both, and counted.
         split = {name: [entry for entry in manifest if entry.split == name] for name in ("train", "val")}
+        self.uncaptioned = {name: sum(not entry.captions for entry in entries) for name, entries in split.items()}
+        split = {name: [entry for entry in entries if entry.captions] for name, entries in split.items()}
         train = select_videos(self.store, manifest, split["train"])
         self.val = select_videos(self.store, manifest, split["val"]).entries
         self.video_ids = [entry.video_id for entry in train.entries for _ in entry.captions]
@@ -403,6 +412,7 @@ class Trainer:
             "train_views": self.train_views,
             "val_videos": len(self.val),
             "skipped": {"train": dict(train.skipped)},
+            "uncaptioned_left_out": self.uncaptioned,
         }
 
     def _check_batching(self, num_samples: int) -> None:
@@ -551,8 +561,9 @@ class Trainer:
         options, recipe = self.options, self.recipe
         self.prepare_output()
         summary = TrainSummary(
-            self.out, epochs_done=self.epoch, is_main=self.world.is_main, ran_because=ran_because(self.decision)
-        )
+            self.out, epochs_done=self.epoch, uncaptioned=sum(self.uncaptioned.values()), is_main=self.world.is_main,
+            ran_because=ran_because(self.decision),
+        )  # fmt: skip
         say = tqdm.write if self.world.is_main else (lambda _: None)
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, unit="step", desc="train",

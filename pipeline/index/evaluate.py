@@ -22,10 +22,21 @@ from pipeline import defaults
 from pipeline.device import resolve_device
 from pipeline.errors import VidretError, check_number, check_path, shown_path
 from pipeline.files import commit_file, sha256_file, sha256_json, temporary_path, write_json, write_parquet
-from pipeline.index.faiss_index import build_index, faiss_gpus, on_search_device, search, write_index
+from pipeline.index.faiss_index import (
+    AUTO_INDEX,
+    EXACT_FACTORY,
+    EXACT_INDEX,
+    build_index,
+    faiss_gpus,
+    index_factory,
+    make_index,
+    on_search_device,
+    search,
+    write_index,
+)
 from pipeline.index.reader import Embeddings, read_embeddings
 from pipeline.manifest import read_manifest
-from pipeline.metrics import RECALL_AT, retrieval_ranks, summarize_ranks
+from pipeline.metrics import RECALL_AT, GroundTruthRanks, ground_truth_ranks, summarize_ranks
 from pipeline.schemas import (
     ID_MAP_FILE,
     INDEX_FILE,
@@ -62,9 +73,20 @@ class IndexOptions:
     device: str = defaults.DEVICE  # where ranks are computed: auto (CUDA when present), cpu or cuda
     force: bool = False
     progress: bool = True
+    index: str = defaults.INDEX_TYPE  # flat (exact), auto, or a FAISS index_factory string (inner product)
+    index_memory: int | None = None  # bytes auto's index may take; None: a quarter of the physical memory
+    recall: float = defaults.INDEX_RECALL  # recall@10 an approximate index's search is tuned to reach
+    seed: int = defaults.INDEX_SEED  # an approximate index's training and tuning samples
 
     def __post_init__(self) -> None:
         check_number("--top-k", self.top_k, integer=True, at_least=1)
+        if not isinstance(self.index, str) or not self.index.strip():
+            raise VidretError(f"--index must be flat, auto or a FAISS index_factory string, got {self.index!r}")
+        check_number("--recall", self.recall, above=0, at_most=1)
+        if self.index_memory is not None:
+            check_number("--index-memory", self.index_memory, integer=True, above=0)
+            if self.index != AUTO_INDEX:
+                raise VidretError(f"--index-memory is the budget of --index auto; --index {self.index} takes none")
         check_number("--block-size", self.block_size, integer=True, at_least=1)
         # NaN or infinity ranked every query first (R@1 100, MdR 0) and wrote a bare NaN to metrics.json; so
         # did a scale past float32's range (3.4e38), where the softmax is computed.
@@ -77,11 +99,22 @@ class IndexOptions:
 
     def output_params(self) -> dict:
         """The options that determine the output (block size and device only change the speed)."""
-        return {
+        params = {
             "dsl_scale": self.dsl_scale if self.dsl else None,
             "top_k": self.top_k,
             "dump": str(Path(self.dump).absolute()) if self.dump else None,
         }
+        # The index options enter only away from their defaults, so that indexes written before them (exact)
+        # stay up to date; an exact index has no recall to tune nor samples to draw.
+        if self.index != EXACT_INDEX:
+            params["index"] = self.index
+            if self.index_memory is not None:
+                params["index_memory"] = self.index_memory
+            if self.recall != defaults.INDEX_RECALL:
+                params["recall"] = self.recall
+            if self.seed != defaults.INDEX_SEED:
+                params["seed"] = self.seed
+        return params
 
 
 @dataclass
@@ -97,7 +130,14 @@ class IndexSummary:
     def line(self) -> str:
         if self.skip_reason:
             return skip_line("index", self.out)
-        t2v = self.metrics["t2v"]
+        metrics = self.metrics
+        if "t2v" not in metrics:
+            return (
+                f"index: caption-free collection: {metrics['num_videos']} videos, {metrics['num_clips']} clips"
+                f" indexed; no metrics, in {self.seconds:.1f} s -> {self.out} ({INDEX_FILE}, {ID_MAP_FILE})"
+                f"{self.ran_because}"
+            )
+        t2v = metrics["t2v"]
         # A benchmark's figures are comparable only on its whole test set: say when videos are absent.
         absent = sum(self.not_embedded.values())
         incomplete = (
@@ -107,14 +147,29 @@ class IndexSummary:
             else ""
         )
         return (
-            f"index: {self.metrics['num_videos']} videos, {self.metrics['num_texts']} captions in {self.seconds:.1f} s;"
+            f"index: {describe_counts(metrics)} in {self.seconds:.1f} s;"
             f" t2v R@1 {t2v['R@1']:.1f} MdR {t2v['MdR']:g} -> {self.out}"
             f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){incomplete}{self.ran_because}"
         )
 
 
+def describe_counts(metrics: dict) -> str:
+    """``"30 videos, 61 captions"``, with the clips and the uncaptioned videos where there are any (metrics
+    written before clips existed count neither)."""
+    clips = metrics.get("num_clips", metrics["num_videos"])
+    uncaptioned = metrics.get("uncaptioned_videos", 0)
+    return (
+        f"{metrics['num_videos']} videos"
+        + (f" ({clips} clips)" if clips != metrics["num_videos"] else "")
+        + f", {metrics['num_texts']} captions"
+        + (f", {uncaptioned} videos uncaptioned (t2v distractors, no v2t query)" if uncaptioned else "")
+    )
+
+
 def metrics_table(metrics: dict) -> str:
     """The metrics as a text table: one row per direction, DSL rows under their own label."""
+    if "t2v" not in metrics:
+        return f"no metrics: a caption-free collection ({metrics['num_videos']} videos) has nothing to score"
     columns = [f"R@{k}" for k in RECALL_AT] + ["MdR", "MnR"]
     rows = [("text->video", metrics["t2v"]), ("video->text", metrics["v2t"])]
     if "dsl" in metrics:
@@ -122,7 +177,7 @@ def metrics_table(metrics: dict) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [" " * width + "".join(f"{column:>8}" for column in columns)]
     lines += [name.ljust(width) + "".join(f"{values[column]:>8.1f}" for column in columns) for name, values in rows]
-    lines.append(f"{metrics['num_videos']} videos, {metrics['num_texts']} captions; R@k in %, ranks 1-based")
+    lines.append(f"{describe_counts(metrics)}; R@k in %, ranks 1-based")
     return "\n".join(lines)
 
 
@@ -187,26 +242,41 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
         if not decision.run:
             return IndexSummary(out, decision.previous["metrics"], skip_reason=decision.reason, notes=notes)
         embeddings = read_embeddings(embeddings_dir)
+        factory = index_factory(options.index, len(embeddings.videos), embeddings.dim, options.index_memory)
         begin(stage)
         started = time.perf_counter()
-        metrics, ranks = evaluate_ranks(embeddings, options, device)
-        index = build_index(embeddings.videos)
+        # A caption-free collection is indexed for search only: there is no ground truth to score.
+        scored = bool(embeddings.captions)
+        metrics, ranks = evaluate_ranks(embeddings, options, device) if scored else (collection_counts(embeddings), {})
+        index, index_record = make_index(embeddings.videos, factory, options.recall, options.seed)
         not_embedded = (upstream.get("counts") or {}).get("skipped") or {}
-        write_index(out, index, embeddings.video_ids, video_paths(upstream, embeddings.video_ids))
-        write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
-        write_json(out / METRICS_FILE, metrics)
-        files = list(OUTPUT_FILES)
+        row_video_ids = embeddings.row_video_ids
+        clips = {"clip_index": embeddings.clip_index, "start_s": embeddings.start_s, "end_s": embeddings.end_s}
+        write_index(out, index, row_video_ids, video_paths(upstream, row_video_ids), clips)
+        index_record["bytes"] = (out / INDEX_FILE).stat().st_size
+        files = [INDEX_FILE, ID_MAP_FILE]
+        if scored:
+            write_parquet(out / RANKS_FILE, ranks_table(embeddings, ranks))
+            write_json(out / METRICS_FILE, metrics)
+            files += [RANKS_FILE, METRICS_FILE]
+        else:  # an earlier run's scores of other embeddings must not stay beside this index
+            for name in (RANKS_FILE, METRICS_FILE):
+                (out / name).unlink(missing_ok=True)
         if dump is not None:
-            write_dump(dump, embeddings, ranks, metrics, on_search_device(index), options.top_k)
+            exact = index if factory == EXACT_FACTORY else build_index(embeddings.videos)  # top-k as the ranks
+            write_dump(dump, embeddings, ranks, metrics, on_search_device(exact), options.top_k)
             files.append(str(dump.relative_to(out.absolute())) if dump.name in owns else str(dump.absolute()))
         seconds = time.perf_counter() - started
         record = {
             "input": {"embeddings": str(embeddings_dir.absolute())},
             "model": upstream.get("model"),  # which text tower `vidret search` must use
             "metrics": metrics,
+            "index": index_record,  # read_index applies its search_parameters
             "counts": {
                 "videos": metrics["num_videos"],
+                "clips": metrics["num_clips"],
                 "texts": metrics["num_texts"],
+                "uncaptioned_videos": metrics["uncaptioned_videos"],
                 "dim": embeddings.dim,
                 "not_embedded": not_embedded,
             },
@@ -214,35 +284,52 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
             "libraries": library_versions("faiss-cpu", "faiss-gpu", "torch", "pyarrow"),
         }
         commit(stage, record, files)
+        if index_record["recall_at_10"] < options.recall:
+            notes.append(
+                f"{factory} reaches recall@10 {index_record['recall_at_10']} against exact search"
+                f" ({index_record['search_parameters'] or 'it has no search parameter'}, its largest), below"
+                f" --recall {options.recall}: its compressed codes lose the rest; a finer code or --index flat"
+                " reaches it"
+            )
     return IndexSummary(
         out, metrics, seconds, ran_because=ran_because(decision), not_embedded=not_embedded, notes=notes
     )
+
+
+def collection_counts(embeddings: Embeddings) -> dict:
+    """What metrics.json counts: videos, their clips (rows), captions, and the videos without one."""
+    return {
+        "num_videos": len(embeddings.video_ids),
+        "num_clips": embeddings.num_clips,
+        "num_texts": len(embeddings.captions),
+        "uncaptioned_videos": int((~embeddings.captioned).sum()),
+    }
 
 
 def evaluate_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> tuple[dict, dict]:
     """The metrics and every query's ground-truth rank."""
     ranks = compute_ranks(embeddings, options, device)
     metrics = {
-        "t2v": summarize_ranks(ranks["t2v"]),
-        "v2t": summarize_ranks(ranks["v2t"]),
-        "num_videos": len(embeddings.video_ids),
-        "num_texts": len(embeddings.captions),
+        "t2v": summarize_ranks(ranks["plain"].t2v),
+        "v2t": summarize_ranks(ranks["plain"].v2t),
+        **collection_counts(embeddings),
     }
     if options.dsl:
         metrics["dsl"] = {
-            "t2v": summarize_ranks(ranks["t2v_dsl"]),
-            "v2t": summarize_ranks(ranks["v2t_dsl"]),
+            "t2v": summarize_ranks(ranks["dsl"].t2v),
+            "v2t": summarize_ranks(ranks["dsl"].v2t),
             "scale": options.dsl_scale,
         }
     return metrics, ranks
 
 
-def compute_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> dict[str, np.ndarray]:
-    """Ground-truth ranks per query: t2v and v2t, plus t2v_dsl and v2t_dsl with --dsl."""
+def compute_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> dict[str, GroundTruthRanks]:
+    """Ground-truth ranks per query and their best clips: ``plain``, and ``dsl`` with --dsl (DSL re-weights
+    the video-level scores, each video's max over its clips)."""
     texts, videos = torch.from_numpy(embeddings.texts).to(device), torch.from_numpy(embeddings.videos).to(device)
-    passes = [None] + ([options.dsl_scale] if options.dsl else [])
-    # Each pass ranks every caption and every video; DSL first sums its priors over the captions.
-    queries = len(embeddings.captions) + len(embeddings.video_ids)
+    passes = {"plain": None, **({"dsl": options.dsl_scale} if options.dsl else {})}
+    # Each pass ranks every caption and every captioned video; DSL first sums its priors over the captions.
+    queries = len(embeddings.captions) + int(embeddings.captioned.sum())
     ranks = {}
     with tqdm(
         total=queries * len(passes) + (len(embeddings.captions) if options.dsl else 0),
@@ -250,27 +337,38 @@ def compute_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.d
         desc="rank",
         disable=not options.progress,
     ) as bar:
-        for scale in passes:
-            suffix = "" if scale is None else "_dsl"
-            t2v, v2t = retrieval_ranks(
-                texts, videos, embeddings.text_video_index, options.block_size, scale, on_block=bar.update
-            )
-            ranks["t2v" + suffix], ranks["v2t" + suffix] = t2v, v2t
+        for name, scale in passes.items():
+            ranks[name] = ground_truth_ranks(
+                texts, videos, embeddings.text_video_index, options.block_size, scale, on_block=bar.update,
+                clips_per_video=embeddings.clips_per_video,
+            )  # fmt: skip
     return ranks
 
 
-def ranks_table(embeddings: Embeddings, ranks: dict[str, np.ndarray]) -> pa.Table:
-    num_texts, num_videos = len(embeddings.captions), len(embeddings.video_ids)
-    both = num_texts + num_videos
-    dsl = np.concatenate([ranks["t2v_dsl"], ranks["v2t_dsl"]]) if "t2v_dsl" in ranks else [None] * both
+def ranks_table(embeddings: Embeddings, ranks: dict[str, GroundTruthRanks]) -> pa.Table:
+    """One row per query; a v2t query is a captioned video, ``query`` its first row in videos.parquet, so that
+    ``query + clip_index`` is the row of its best clip."""
+    plain = ranks["plain"]
+    num_texts, v2t_videos = len(embeddings.captions), plain.v2t_videos
+    first_rows = embeddings.first_rows
+    # The ground-truth pair's best clip, as a row of videos.parquet: the same in both passes (DSL re-weights
+    # a video's score, not which clip gives it).
+    best_rows = np.concatenate(
+        [first_rows[embeddings.text_video_index] + plain.t2v_clips, first_rows[v2t_videos] + plain.v2t_clips]
+    )
+    both = num_texts + len(v2t_videos)
+    dsl = np.concatenate([ranks["dsl"].t2v, ranks["dsl"].v2t]) if "dsl" in ranks else [None] * both
     return pa.table(
         {
-            "direction": ["t2v"] * num_texts + ["v2t"] * num_videos,
-            "query": np.concatenate([np.arange(num_texts), np.arange(num_videos)]),
-            "video_id": embeddings.text_video_ids + embeddings.video_ids,
-            "caption": embeddings.captions + [None] * num_videos,
-            "rank": np.concatenate([ranks["t2v"], ranks["v2t"]]),
+            "direction": ["t2v"] * num_texts + ["v2t"] * len(v2t_videos),
+            "query": np.concatenate([np.arange(num_texts), first_rows[v2t_videos]]),
+            "video_id": embeddings.text_video_ids + [embeddings.video_ids[video] for video in v2t_videos],
+            "caption": embeddings.captions + [None] * len(v2t_videos),
+            "rank": np.concatenate([plain.t2v, plain.v2t]),
             "rank_dsl": dsl,
+            "clip_index": embeddings.clip_index[best_rows],
+            "start_s": embeddings.start_s[best_rows],
+            "end_s": pa.array(embeddings.end_s[best_rows], from_pandas=True),
         },
         schema=RANKS_SCHEMA,
     )
@@ -290,34 +388,43 @@ def video_paths(upstream: dict, video_ids: list[str]) -> list[str | None]:
 def write_dump(path: Path, embeddings: Embeddings, ranks: dict, metrics: dict, index, top_k: int) -> None:
     """A pickle of plain lists, dicts and numpy arrays: per-query ids, top-k, ranks and the features.
 
-    t2v top-k are rows of ``video_ids``; v2t top-k are rows of ``captions``.
+    ``video_ids`` and ``video_features`` are per row of videos.parquet (a clip), with ``clip_index``,
+    ``start_s`` and ``end_s``; t2v top-k are such rows (a video may come once per clip); v2t top-k are rows of
+    ``captions``, for each captioned video by its best clip. A caption-free collection has no t2v or v2t.
     """
-    t2v_scores, t2v_topk = search(index, embeddings.texts, top_k)
-    v2t_scores, v2t_topk = search(build_index(embeddings.texts), embeddings.videos, top_k)
     dump = {
         "format": DUMP_FORMAT,
         "metrics": metrics,
-        "video_ids": embeddings.video_ids,
+        "video_ids": embeddings.row_video_ids,
         "video_features": embeddings.videos,
+        "clip_index": embeddings.clip_index,
+        "start_s": embeddings.start_s,
+        "end_s": embeddings.end_s,
         "captions": embeddings.captions,
         "text_video_ids": embeddings.text_video_ids,
         "text_features": embeddings.texts,
-        "t2v": {
+        "t2v": None,
+        "v2t": None,
+    }
+    if ranks:
+        plain, dsl = ranks["plain"], ranks.get("dsl")
+        t2v_scores, t2v_topk = search(index, embeddings.texts, top_k)
+        v2t_scores, v2t_topk = best_clip_topk(build_index(embeddings.texts), embeddings, plain.v2t_videos, top_k)
+        dump["t2v"] = {
             "query_video_ids": embeddings.text_video_ids,
             "topk": t2v_topk,
-            "topk_video_ids": [[embeddings.video_ids[row] for row in rows] for rows in t2v_topk],
+            "topk_video_ids": [[dump["video_ids"][row] for row in rows] for rows in t2v_topk],
             "topk_scores": t2v_scores,
-            "rank": ranks["t2v"],
-            "rank_dsl": ranks.get("t2v_dsl"),
-        },
-        "v2t": {
-            "query_video_ids": embeddings.video_ids,
+            "rank": plain.t2v,
+            "rank_dsl": dsl.t2v if dsl else None,
+        }
+        dump["v2t"] = {
+            "query_video_ids": [embeddings.video_ids[video] for video in plain.v2t_videos],
             "topk": v2t_topk,
             "topk_scores": v2t_scores,
-            "rank": ranks["v2t"],
-            "rank_dsl": ranks.get("v2t_dsl"),
-        },
-    }
+            "rank": plain.v2t,
+            "rank_dsl": dsl.v2t if dsl else None,
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)
     try:
@@ -326,3 +433,22 @@ def write_dump(path: Path, embeddings: Embeddings, ranks: dict, metrics: dict, i
         commit_file(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def best_clip_topk(text_index, embeddings: Embeddings, videos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, caption rows) of the ``k`` captions scoring best with each of ``videos`` by its best clip: the
+    union of its clips' own top ``k`` holds them."""
+    first, counts = embeddings.first_rows[videos], embeddings.clips_per_video[videos]
+    rows = np.repeat(first - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(counts.sum())
+    scores, ids = search(text_index, embeddings.videos[rows], k)
+    if (counts == 1).all():
+        return scores, ids
+    best_scores, best_ids = np.empty((len(videos), scores.shape[1]), scores.dtype), np.empty_like(ids[: len(videos)])
+    ends = np.cumsum(counts)
+    for query, (start, stop) in enumerate(zip(ends - counts, ends, strict=True)):
+        clip_scores, clip_ids = scores[start:stop].ravel(), ids[start:stop].ravel()
+        order = np.argsort(-clip_scores, kind="stable")
+        _, first_seen = np.unique(clip_ids[order], return_index=True)  # each caption at its best clip's score
+        keep = order[np.sort(first_seen)[: scores.shape[1]]]
+        best_scores[query], best_ids[query] = clip_scores[keep], clip_ids[keep]
+    return best_scores, best_ids
