@@ -111,6 +111,7 @@ given = $(if $(filter command line environment,$(origin $(2))),$(1) $($(2)))
 COLLECTION_ARGS ?=
 collection: setup
 	$(if $(VIDEO_DIR),,$(error make collection needs VIDEO_DIR=))
+	$(if $(filter command line environment,$(origin RUN)),,$(error make collection needs RUN= (its own run folder; the default, $(RUN), is the demo's)))
 	$(VIDRET) collection $(VIDEO_DIR) --out $(RUN) $(call flag,--clip-seconds,CLIP_SECONDS) \
 		$(call flag,--clip-stride,CLIP_STRIDE) $(call given,--frames,FRAMES) $(call given,--size,SIZE) \
 		$(call given,--checkpoint,CHECKPOINT) $(call given,--model,MODEL) $(call given,--pretrained,PRETRAINED) \

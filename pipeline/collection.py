@@ -26,10 +26,8 @@ from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
 from pipeline.encode.checkpoint import read_checkpoint
 from pipeline.encode.embed import EmbedOptions, embed
 from pipeline.errors import VidretError, check_paths
-from pipeline.files import read_parquet
 from pipeline.index import IndexOptions, index_embeddings
 from pipeline.scan import scan_videos
-from pipeline.schemas import ID_MAP_FILE
 
 MANIFEST_FILE = "manifest.jsonl"
 STAGE_FOLDERS = {"decode": "frames", "embed": "embeddings", "index": "index"}
@@ -145,11 +143,11 @@ def make_collection(
     for note in summaries["index"].notes:
         report(f"note: {note}")
     report(summaries["index"].line())
-    indexed = read_parquet(run / STAGE_FOLDERS["index"] / ID_MAP_FILE, columns=["video_id"]).column("video_id")
+    indexed = summaries["index"].metrics  # the counts, also when the stage was skipped
     return CollectionSummary(
         run=run,
-        videos=len(set(indexed.to_pylist())),
-        clips=len(indexed),
+        videos=indexed["num_videos"],
+        clips=indexed["num_clips"],
         ran=[stage for stage, summary in summaries.items() if not summary.skip_reason],
         skipped=[stage for stage, summary in summaries.items() if summary.skip_reason],
         seconds=time.perf_counter() - started,

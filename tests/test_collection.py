@@ -190,6 +190,9 @@ def test_make_collection_passes_only_the_variables_given():
         "vidret collection v --out r --clip-seconds 5 --size 112 --checkpoint runs/demo/model/best.pt --index flat"
         " --workers 2"
     )  # fmt: skip
-    assert planned_collection("VIDEO_DIR=v", "MODEL=vidret-tiny", "PRETRAINED=none").endswith(
-        "vidret collection v --out runs/demo --model vidret-tiny --pretrained none"
+    assert planned_collection("VIDEO_DIR=v", "RUN=r", "MODEL=vidret-tiny", "PRETRAINED=none").endswith(
+        "vidret collection v --out r --model vidret-tiny --pretrained none"
     )
+    # Without RUN= the run folder would be the demo's, whose stages a collection would replace.
+    made = subprocess.run(["make", "-n", "collection", "VIDEO_DIR=v"], cwd=ROOT, capture_output=True, text=True)
+    assert made.returncode != 0 and "make collection needs RUN=" in made.stderr and "vidret" not in made.stdout

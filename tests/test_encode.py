@@ -364,7 +364,9 @@ def test_prefetch_yields_every_batch_in_order(decoded_synthetic):
     store = FrameStore(decoded_synthetic["frames"])
     ids = sorted(store.locations)
     batches = [ids[start : start + 5] for start in range(0, len(ids), 5)]
-    got = list(prefetch_batches(store, batches, threads=3, depth=2))
+    got = list(
+        prefetch_batches(store, ([(video_id, 0) for video_id in batch] for batch in batches), threads=3, depth=2)
+    )
     assert [len(batch.frames) for batch in got] == [len(batch) for batch in batches]
     for batch, video_ids in zip(got, batches, strict=True):
         assert batch.frames.dtype == torch.uint8 and tuple(batch.frames.shape[1:]) == (4, 32, 32, 3)

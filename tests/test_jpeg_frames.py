@@ -73,7 +73,7 @@ def test_the_format_enters_the_recorded_parameters_only_when_jpeg(decoded):
 def test_jpeg_frames_reach_the_model_as_raw_ones_do(decoded):
     raw, jpeg = FrameStore(decoded["raw"]), FrameStore(decoded["jpeg"])
     ids = sorted(raw.locations)
-    batches = [ids[:4], ids[4:]]
+    batches = [[(video_id, 0) for video_id in ids[:4]], [(video_id, 0) for video_id in ids[4:]]]
     for from_raw, from_jpeg in zip(
         prefetch_batches(raw, batches, threads=2), prefetch_batches(jpeg, batches, threads=2), strict=True
     ):

@@ -118,7 +118,9 @@ def timed_pass(store: FrameStore, batches: list[list[str]], threads: int, model=
     """(videos/s, CPU ms a video over all of this process's threads) of one pass over ``batches``."""
     start, cpu_start = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        for batch in prefetch_batches(store, batches, threads=threads):
+        for batch in prefetch_batches(
+            store, ([(video_id, 0) for video_id in batch] for batch in batches), threads=threads
+        ):
             if model is not None:
                 model.encode_video(batch.frames, batch.frame_mask)
     videos = sum(map(len, batches))

@@ -63,8 +63,9 @@ from pipeline.stage import (
     skip_line,
 )
 
-# FrameSpec's clip options: at their defaults (a video is one clip) they are left out of the parameters.
-CLIP_OPTIONS = ("clip_seconds", "clip_stride", "clip_shots")
+# FrameSpec's options added since the first frames were decoded: at their defaults (bilinear, a video is one
+# clip, raw frames) they are left out of the parameters, so that those frames' chunk keys still match.
+ADDED_SPEC_OPTIONS = ("interpolation", "clip_seconds", "clip_stride", "clip_shots", "frame_format")
 
 # Decoded videos whose pieces may wait on disk for a slower one ahead of them
 # (part files are assembled in manifest order). Past this, dispatch pauses.
@@ -123,14 +124,12 @@ class DecodeOptions:
         defaults, which those frames were decoded with, so that their chunk keys still match.
         """
         params = {**self.spec.to_dict(), "split": self.split, "shard_size": self.shard_size}
-        if params["interpolation"] == "bilinear":
-            del params["interpolation"]
         spec_defaults = {spec_field.name: spec_field.default for spec_field in fields(FrameSpec)}
-        for name in CLIP_OPTIONS:
+        for name in ADDED_SPEC_OPTIONS:
             if params[name] == spec_defaults[name]:
                 del params[name]
-        if params["frame_format"] == "raw":  # the quality shapes JPEG frames only
-            del params["frame_format"], params["jpeg_quality"]
+        if "frame_format" not in params:  # the quality shapes JPEG frames only
+            del params["jpeg_quality"]
         if self.train_views:
             params.update(train_views=self.train_views, seed=self.seed)
         return params

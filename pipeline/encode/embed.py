@@ -63,26 +63,14 @@ def embed_videos(
 ) -> np.ndarray:
     """L2-normalised float32 embeddings of ``units`` ((video_id, clip) pairs, ``FrameStore.clip_units``), in
     order, on every rank."""
-    mine = np.arange(len(units))[world.rank :: world.size]
-    clip_of = np.array([clip for _, clip in units], dtype=np.int64)
-    rows, positions = [], []
-    # prefetch_batches reads one row number of every video it is given: one pass per clip number.
-    for clip in np.unique(clip_of[mine]):
-        same_clip = mine[clip_of[mine] == clip]
-        batches = [same_clip[start : start + batch_size] for start in range(0, len(same_clip), batch_size)]
-        video_batches = ([units[unit][0] for unit in batch] for batch in batches)
-        frames = prefetch_batches(
-            store, video_batches, threads=threads, pin_memory=world.device.type == "cuda", view=int(clip)
-        )
-        for batch in frames:
-            with model.autocast():
-                rows.append(model.encode_video(batch.frames, batch.frame_mask).float())
-            if on_batch:
-                on_batch(len(batch.frames) * world.size)
-        positions.append(same_clip)
-    if len(positions) > 1:  # back in this rank's order, on the device
-        order = torch.from_numpy(np.argsort(np.concatenate(positions), kind="stable")).to(rows[0].device)
-        rows = [torch.cat(rows)[order]]
+    mine = units[world.rank :: world.size]
+    batches = (mine[start : start + batch_size] for start in range(0, len(mine), batch_size))
+    rows = []
+    for batch in prefetch_batches(store, batches, threads=threads, pin_memory=world.device.type == "cuda"):
+        with model.autocast():
+            rows.append(model.encode_video(batch.frames, batch.frame_mask).float())
+        if on_batch:
+            on_batch(len(batch.frames) * world.size)
     return _gather_in_order(rows, world, len(units), model.clip.visual.output_dim)
 
 

@@ -298,13 +298,13 @@ class FrameBatch:
 
 def prefetch_batches(
     store: FrameStore,
-    batches: Iterable[list[str]],
+    batches: Iterable[list[tuple[str, int]]],
     threads: int = 4,
     depth: int = 2,
     pin_memory: bool = False,
-    view: int = 0,
 ) -> Iterator[FrameBatch]:
-    """The frames of ``view`` of each batch of video ids, read ``depth`` batches ahead.
+    """The frames of each batch of (video_id, row) pairs (a row: a video's view or clip), read ``depth``
+    batches ahead.
 
     JPEG frames are decoded in the reading threads, or, with ``pin_memory`` (the model is on a GPU), on
     that GPU, a batch at a time: the threads only read the images."""
@@ -313,12 +313,13 @@ def prefetch_batches(
     gpu = torch.device("cuda", torch.cuda.current_device()) if pin_memory else None
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidret-frames") as pool:
 
-        def submit(video_ids: list[str]) -> None:
+        def submit(units: list[tuple[str, int]]) -> None:
+            video_ids = [video_id for video_id, _ in units]
             shape = store.frame_shape(video_ids)
-            real = torch.tensor([store.locations[video_id][view].real_frames for video_id in video_ids])
+            real = torch.tensor([store.locations[video_id][row].real_frames for video_id, row in units])
             mask = torch.arange(shape[0]) < real[:, None] if bool((real < shape[0]).any()) else None
-            if gpu is not None and all(store.stores_jpeg(video_id, view) for video_id in video_ids):
-                reads = [pool.submit(store.read_jpeg, video_id, view) for video_id in video_ids]
+            if gpu is not None and all(store.stores_jpeg(video_id, row) for video_id, row in units):
+                reads = [pool.submit(store.read_jpeg, video_id, row) for video_id, row in units]
 
                 def decode_on_gpu() -> torch.Tensor:
                     try:
@@ -336,15 +337,15 @@ def prefetch_batches(
             frames = torch.empty((len(video_ids), *shape), dtype=torch.uint8, pin_memory=pin_memory)
             array = frames.numpy()
 
-            def fill(index: int, video_id: str) -> None:
-                array[index] = store.read(video_id, view)
+            def fill(index: int, video_id: str, row: int) -> None:
+                array[index] = store.read(video_id, row)
 
-            futures = [pool.submit(fill, i, video_id) for i, video_id in enumerate(video_ids)]
+            futures = [pool.submit(fill, i, video_id, row) for i, (video_id, row) in enumerate(units)]
             pending.append((lambda: FrameBatch(frames, mask), futures))
 
         try:
-            for video_ids in batches:
-                submit(video_ids)
+            for units in batches:
+                submit(units)
                 if len(pending) > depth:
                     yield _wait(pending.popleft())
             while pending:

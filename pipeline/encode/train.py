@@ -534,11 +534,10 @@ class Trainer:
         ]
         frames = prefetch_batches(
             self.store,
-            ([self.video_ids[i] for i in part] for part in parts),
+            ([(self.video_ids[i], self.epoch % self.train_views) for i in part] for part in parts),
             threads=self.options.workers,
             depth=self.options.prefetch,
             pin_memory=self.world.device.type == "cuda",
-            view=self.epoch % self.train_views,
         )
         for part, batch in zip(parts, frames, strict=True):
             yield batch, self.tokens[torch.from_numpy(part)]
