@@ -59,7 +59,7 @@ INDEX_ARGS ?=
 QUERY ?= a large red circle moves left on a black background
 SEARCH_ARGS ?= --k 5
 
-.PHONY: setup demo synth manifest decode encode embed index search collection bench test clean
+.PHONY: setup browser demo synth manifest decode encode embed index search serve report collection bench test clean
 
 setup: $(VENV)/.installed
 
@@ -100,6 +100,15 @@ manifest: setup
 search: setup
 	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
 
+# The search page and JSON API over RUN, on 127.0.0.1:8000 (HOST=, PORT=); the run's report at /run.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: setup
+	$(VIDRET) serve $(RUN) --host $(HOST) --port $(PORT)
+
+report: setup
+	$(VIDRET) report $(RUN)
+
 # Your own videos: `make collection VIDEO_DIR=~/Videos RUN=runs/home` scans the folder into RUN/manifest.jsonl,
 # decodes every video as clips of CLIP_SECONDS (10), embeds them zero-shot with the model `vidret encode embed`
 # uses (ViT-B-32, OpenAI's weights) or CHECKPOINT=RUN/model/best.pt of a trained run, and indexes them (auto);
@@ -132,8 +141,10 @@ demo: setup
 		--out $(RUN)/embeddings --split test
 	$(VIDRET) index $(RUN)/embeddings --out $(RUN)/index --dsl $(INDEX_ARGS)
 	$(VIDRET) search $(RUN) "$(QUERY)" $(SEARCH_ARGS)
+	$(VIDRET) report $(RUN)
 	@echo "demo: videos and manifest in $(DATA)/; frames in $(RUN)/frames/; model in $(RUN)/model/ (best.pt);"
 	@echo "demo: embeddings in $(RUN)/embeddings/; index, metrics.json and ranks.parquet in $(RUN)/index/."
+	@echo "demo: search it in a browser: $(VIDRET) serve $(RUN) (or make serve), then open http://127.0.0.1:8000/"
 
 # Every stage against its floor, with the figures in bench.json (opencv-python-headless, the `bench`
 # extra, is installed for the decode baselines). BENCH_ARGS="--only index" runs one part.
@@ -146,7 +157,14 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-test: setup
+# The browser tests (tests/test_browser.py) drive Debian's chromium through Playwright, which never downloads
+# a browser of its own; installing it needs root (apt-get).
+browser:
+	@command -v chromium >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "make browser: the browser tests need Debian's chromium; run as root, or: sudo apt-get install chromium" >&2; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -633,7 +633,9 @@ def search(
     file: Annotated[
         Path | None, typer.Option("--file", help="Read queries from this file, one per line; - for stdin.")
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="Videos (clips, in an index of clips) per query.")] = 5,
+    k: Annotated[
+        int, typer.Option("--k", help=f"Videos (clips, in an index of clips) per query, at most {defaults.MAX_K}.")
+    ] = 5,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -655,6 +657,33 @@ def search(
         queries = read_queries("-", sys.stdin)
     for query, hits in zip(queries, search_videos(run, queries, k, device), strict=True):
         typer.echo(hits_json(query, hits) if as_json else format_hits(query, hits))
+
+
+@app.command()
+@reports_errors
+def serve(
+    run: Annotated[Path, typer.Argument(help="A run folder holding index/ (or the index folder itself).")],
+    host: Annotated[
+        str, typer.Option(help="The address to listen on; 0.0.0.0 shares the page with the network.")
+    ] = defaults.SERVE_HOST,
+    port: Annotated[int, typer.Option(help="The port; 0 picks a free one.")] = defaults.SERVE_PORT,
+    device: DeviceOption = "auto",
+) -> None:
+    """A search page and JSON API over the run: thumbnails, moments that play in the page, and its report."""
+    from pipeline.serve import serve as serve_run
+
+    serve_run(run, host, port, device, echo=typer.echo)
+
+
+@app.command()
+@reports_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder holding index/ (or the index folder itself).")],
+) -> None:
+    """Write RUN/report.html: metrics, training curves, decode counts, the worst queries, every stage's parameters."""
+    from pipeline.report import write_report
+
+    typer.echo(f"report: {write_report(run)} (one self-contained page; `vidret serve` shows it at /run)")
 
 
 @app.command()

@@ -35,3 +35,10 @@ INDEX_SEED = 0  # draws the training and tuning samples of an approximate index
 # vidret collection (CollectionOptions in pipeline/collection.py): a folder of one's own videos
 COLLECTION_CLIP_SECONDS = 10.0  # each video is cut into windows this long, each one searchable
 COLLECTION_INDEX = "auto"  # exact while that is fast, approximate past it
+
+# vidret search and vidret serve
+MAX_K = 1000  # results per query
+MAX_QUERY_CHARS = 1000  # the text towers read at most 77 tokens; a longer query is a mistake, not a search
+SERVE_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 shares the page on the network
+SERVE_PORT = 8000
+SERVE_K = 12  # results on the search page and from /api/search when k is not given

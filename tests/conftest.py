@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
+from pipeline.encode.embed import EmbedOptions, embed
+from pipeline.index import IndexOptions, index_embeddings
 from pipeline.manifest import write_manifest
 from pipeline.synth import SynthOptions, make_synthetic_dataset
 
@@ -94,3 +96,22 @@ def decoded_variants(tmp_path_factory) -> dict[str, Path]:
     for name, options in decodes.items():
         decode_videos(summary.manifest, root / name, options, progress=False)
     return {"manifest": summary.manifest, "views": root / "views", "clip4clip": root / "clip4clip"}
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory) -> Path:
+    """A demo-sized run of moments, what the server tests serve: 100 synthetic videos of 2 to 4 s (H.264 MP4,
+    320x240) cut into 1.5-second clips, 4 frames of each at 112x112, embedded zero-shot by vidret-tiny
+    (random weights, seed 0) and indexed exactly."""
+    root = tmp_path_factory.mktemp("served")
+    summary = make_synthetic_dataset(root / "data", SynthOptions(videos=100, seed=7), progress=False)
+    run = root / "run"
+    spec = FrameSpec(num_frames=4, size=112, short_side=112, clip_seconds=1.5)
+    decode_videos(summary.manifest, run / "frames", DecodeOptions(spec=spec, workers=2), progress=False)
+    options = EmbedOptions(
+        run / "frames", summary.manifest, run / "embeddings", model="vidret-tiny", pretrained="none", split="all",
+        device="cpu", progress=False,
+    )  # fmt: skip
+    embed(options)
+    index_embeddings(run / "embeddings", run / "index", IndexOptions(progress=False))
+    return run

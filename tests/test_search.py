@@ -116,10 +116,16 @@ def test_query_input_and_output_format(tmp_path):
 def test_errors(zero_shot_run, tmp_path):
     with pytest.raises(VidretError, match=r"no videos\.faiss here or in .*; build it with `vidret index`"):
         search_videos(tmp_path, ["a red circle"])
-    with pytest.raises(VidretError, match="--k must be at least 1"):
+    with pytest.raises(VidretError, match="--k must be from 1 to 1000, got 0"):
         search_videos(zero_shot_run, ["a red circle"], k=0)
+    with pytest.raises(VidretError, match="--k must be from 1 to 1000, got 1001"):
+        search_videos(zero_shot_run, ["a red circle"], k=1001)
     with pytest.raises(VidretError, match="give one or more non-empty queries"):
-        search_videos(zero_shot_run, ["  "])
+        search_videos(zero_shot_run, [])
+    with pytest.raises(VidretError, match="query 2 is empty; give some words to search for"):
+        search_videos(zero_shot_run, ["a red circle", "  "])
+    with pytest.raises(VidretError, match="query 1 is 1001 characters long; the most is 1000"):
+        search_videos(zero_shot_run, ["a" * 1001])
 
     # Embeddings from another tool: the index has no record of a text tower.
     foreign = tmp_path / "foreign"
