@@ -7,7 +7,9 @@ every comparison is a ratio taken on the same machine at the same time:
 - encode: ``encode_throughput``, the train and embed pipelines against the model alone;
 - index: ``index_scaling``, blockwise ranks against the bare similarity products, and FAISS;
 - jpeg: ``jpeg_frames``, JPEG frames' bytes, PSNR and read and embed throughput against raw frames;
-- ann: ``ann_index``, the approximate index ``--index auto`` picks for 1M vectors against exact flat search.
+- ann: ``ann_index``, the approximate index ``--index auto`` picks for 1M vectors against exact flat search;
+- serve: ``serve_latency``, ``vidret serve``'s time per query over a run and over 1M clips, against the same
+  search in-process.
 
 The scripts run as child processes (``python -m pipeline.benchmarks.NAME``, a fresh
 interpreter each, so a part's peak memory is its own) in the working directory, with
@@ -43,6 +45,7 @@ SCRIPTS = {
     "index": "index_scaling",
     "jpeg": "jpeg_frames",
     "ann": "ann_index",
+    "serve": "serve_latency",
 }
 # Each part's arguments per setting (the script's --out is added). Decode is CPU work on any machine.
 ARGUMENTS = {
@@ -67,6 +70,10 @@ ARGUMENTS = {
     "ann": {  # auto's index for 1M vectors; quick names an IVF (auto is exact below 100k) to run every step
         "cpu": "--vectors 1000000 --dim 512",
         "quick": "--vectors 5000 --dim 32 --index IVF64,SQ8 --queries 100 --latency-queries 20",
+    },
+    "serve": {  # vidret serve over runs/demo (a small run is built when it is absent) and over 1M clustered clips
+        "cpu": "--vectors 1000000 --queries 200",
+        "quick": "--vectors 5000 --clusters 100 --queries 10",
     },
 }
 
@@ -269,8 +276,28 @@ def _ann_rows(raw: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+def _serve_rows(raw: dict) -> list[dict]:
+    rows = []
+    for name, corpus in raw["corpora"].items():
+        where = f"{name}, {corpus['clips']:,} clips, {raw['model']}"
+        shares = f"text tower {corpus['text_share']:.0%}, index {corpus['index_share']:.0%}"
+        for stat in ("p50", "p99"):
+            rows.append(
+                {
+                    "part": "serve",
+                    "figure": f"{where}: server time per query, {stat} ({shares})",
+                    "value": corpus["server_ms"][stat],
+                    "unit": "ms",
+                    "ratio": round(corpus["server_ms"][stat] / corpus["in_process_ms"][stat], 3),
+                    "ratio_of": "server / the same search in-process",
+                }
+            )
+    return rows
+
+
 SUMMARIES = {
     "decode": _decode_rows, "encode": _encode_rows, "index": _index_rows, "jpeg": _jpeg_rows, "ann": _ann_rows,
+    "serve": _serve_rows,
 }  # fmt: skip
 
 

@@ -12,12 +12,13 @@ The page (``serve_page.html``) is static: its script reads ``?q=&k=`` from the a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
@@ -190,8 +191,10 @@ def open_app(run: Path | str, device: str = "auto") -> tuple[FastAPI, str]:
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port``; a VidretError (one line) where it cannot be."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, protocol = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][:3]
+        # The protocol too (IPPROTO_TCP, not 0): asyncio sets TCP_NODELAY only on sockets that name it, and
+        # without it every answer waited 40 ms for the client's delayed ACK.
+        sock = socket.socket(family, kind, protocol)
     except (OSError, UnicodeError) as exception:
         raise VidretError(f"--host {host}: not an address to listen on ({first_line(exception)})") from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,6 +205,25 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise VidretError(f"{host}:{port}: cannot listen ({exception.strerror}); pick another --port") from None
     return sock
+
+
+@contextlib.contextmanager
+def serving_in_thread(app, host: str = defaults.SERVE_HOST, port: int = 0) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread (a free port by default) while the block runs; yields its base URL.
+    For tests and benchmarks, which talk to a real server from the same process."""
+    sock = listening_socket(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise VidretError(f"the server on {host}:{sock.getsockname()[1]} stopped before it started")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 def serve(

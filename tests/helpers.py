@@ -3,16 +3,13 @@ with injected faults (module-level, so decode worker processes can import them).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -273,25 +270,3 @@ def forget_file_record(folder: Path) -> None:
     record = json.loads((folder / "stage.json").read_text())
     del record["files"]
     (folder / "stage.json").write_text(json.dumps(record))
-
-
-@contextlib.contextmanager
-def running_server(app) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port of 127.0.0.1, in a thread; yields its base URL."""
-    import uvicorn  # here: decode's worker processes import this module, and need no web server
-
-    from pipeline.serve import listening_socket
-
-    sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -44,7 +44,7 @@ def test_quick_index_and_encode_parts_write_bench_json(tmp_path):
 
 
 def test_unknown_part_is_refused_and_every_part_is_a_module_its_child_imports(tmp_path):
-    expected = r"unknown benchmark part \['ranks'\] \(expected some of decode, encode, index, jpeg, ann\)"
+    expected = r"unknown benchmark part \['ranks'\] \(expected some of decode, encode, index, jpeg, ann, serve\)"
     with pytest.raises(VidretError, match=expected):
         BenchOptions(parts=("index", "ranks"))
     assert BenchOptions().parts == tuple(SCRIPTS) == tuple(ARGUMENTS)  # the default runs every part
@@ -88,3 +88,22 @@ def test_decode_benchmark_rows_and_the_stage_against_read_video(tmp_path, monkey
     # Paired: the stage and read_video over the same listing, in the same repeat.
     assert stage["time_to_read_video"] == pytest.approx(stage["seconds"] / stage["read_video_seconds"], rel=1e-2)
     assert 0 < stage["seconds_outside_decoders"] < stage["seconds"]
+
+
+@pytest.mark.slow
+def test_quick_serve_part_times_both_corpora_against_in_process_search(tmp_path):
+    results = run_bench(BenchOptions(out=tmp_path / "bench.json", parts=("serve",), quick=True, progress=False))
+    raw = results["parts"]["serve"]["results"]
+    assert sorted(raw["corpora"]) == ["million", "run"] and raw["queries"] == 10
+    assert raw["corpora"]["million"]["clips"] == 5000
+    for corpus in raw["corpora"].values():
+        for figure in ("server_ms", "round_trip_ms", "in_process_ms", "healthz_ms"):
+            assert 0 < corpus[figure]["p50"] <= corpus[figure]["p99"], figure
+        assert 0 < corpus["text_share"] + corpus["index_share"] <= 1
+    assert raw["goal"]["p50_ms"] == raw["corpora"]["million"]["server_ms"]["p50"]
+    rows = [row for row in results["summary"] if row["part"] == "serve"]
+    assert len(rows) == 4
+    million = raw["corpora"]["million"]
+    (p50,) = [row for row in rows if row["figure"].startswith("million") and ", p50 " in row["figure"]]
+    assert p50["value"] == million["server_ms"]["p50"]
+    assert p50["ratio"] == pytest.approx(million["server_ms"]["p50"] / million["in_process_ms"]["p50"], abs=5e-4)

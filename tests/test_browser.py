@@ -17,9 +17,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from pipeline.index.evaluate import metrics_table
-from pipeline.serve import open_app
-
-from helpers import running_server
+from pipeline.serve import open_app, serving_in_thread
 
 ARTIFACTS = Path(os.environ.get("VIDRET_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
 QUERY = "a large red circle moves left on a black background"
@@ -31,7 +29,7 @@ def page(served_run):
     if chromium is None:
         pytest.fail("no chromium on PATH: the browser tests need Debian's chromium package; `make browser` installs it")
     app, _ = open_app(served_run, device="cpu")
-    with running_server(app) as url, sync_playwright() as playwright:
+    with serving_in_thread(app) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.base_url = url

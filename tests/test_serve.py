@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -29,9 +30,7 @@ from pipeline.encode.reader import FrameStore
 from pipeline.index import IndexOptions, index_embeddings
 from pipeline.manifest import write_manifest
 from pipeline.search import Searcher
-from pipeline.serve import create_app, open_app
-
-from helpers import running_server
+from pipeline.serve import create_app, listening_socket, open_app, serving_in_thread
 
 VIDRET = Path(sys.executable).parent / "vidret"
 
@@ -39,7 +38,7 @@ VIDRET = Path(sys.executable).parent / "vidret"
 @pytest.fixture(scope="module")
 def server(served_run):
     app, _ = open_app(served_run, device="cpu")
-    with running_server(app) as url:
+    with serving_in_thread(app) as url:
         yield url
 
 
@@ -211,7 +210,7 @@ def test_healthz_and_the_page(server):
 
 def test_every_query_logs_one_line_and_times_its_parts(served_run, caplog):
     caplog.set_level(logging.INFO, logger="vidret.serve")
-    with running_server(create_app(Searcher.open(served_run, "cpu"))) as url:
+    with serving_in_thread(create_app(Searcher.open(served_run, "cpu"))) as url:
         status, headers, body = get(f"{url}/api/search?q=a+red+circle&k=4")
         assert get(f"{url}/api/search?q=&k=4")[0] == 400
     assert status == 200
@@ -239,7 +238,7 @@ def test_a_failure_on_the_servers_side_is_a_500_with_one_line(served_run, tmp_pa
     app, _ = open_app(run, device="cpu")
     (run / "frames" / "part-00000.parquet").unlink()
     video_id = pd.read_parquet(run / "index" / "video_ids.parquet").video_id[0]
-    with running_server(app) as url:
+    with serving_in_thread(app) as url:
         status, _, body = get(f"{url}/thumbnail/{video_id}?clip=0")
         assert status == 500 and "part-00000.parquet" in one_line_error(body)
         assert get(f"{url}/api/search?q=red&k=2")[0] == 200
@@ -297,7 +296,7 @@ def test_ids_that_are_paths_with_spaces_and_signs_get_working_urls(served_run, t
                        model="vidret-micro", pretrained="none", device="cpu", progress=False))  # fmt: skip
     index_embeddings(tmp_path / "embeddings", tmp_path / "index", IndexOptions(progress=False))
     app, _ = open_app(tmp_path, device="cpu")
-    with running_server(app) as url:
+    with serving_in_thread(app) as url:
         results = api_search(url, "video 1", 4)["results"]
         assert sorted(hit["video_id"] for hit in results) == sorted(ids)
         for hit in results:
@@ -305,3 +304,13 @@ def test_ids_that_are_paths_with_spaces_and_signs_get_working_urls(served_run, t
             assert status == 200 and headers["content-type"] == "image/jpeg", hit
             status, _, data = get(url + hit["video"].split("#")[0])
             assert status == 200 and data == Path(hit["path"]).read_bytes(), hit
+
+
+def test_the_listening_socket_names_tcp_so_answers_are_not_held_back():
+    """asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets whose protocol is IPPROTO_TCP; a
+    socket made with protocol 0 made every answer wait for the client's delayed ACK (40 ms)."""
+    sock = listening_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -25,8 +25,6 @@ Measured, for the exact index (``IndexIDMap2`` over ``IndexFlatIP``, vidret's de
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import tempfile
 import time
@@ -36,7 +34,7 @@ import faiss
 import numpy as np
 
 from pipeline import defaults
-from pipeline.files import write_json
+from pipeline.benchmarks import run_script
 from pipeline.index.faiss_index import (
     RECALL_K,
     build_index,
@@ -196,14 +194,7 @@ def main() -> None:
     parser.add_argument("--recall", type=float, default=defaults.INDEX_RECALL)
     parser.add_argument("--curve-points", type=int, default=8, help="the largest powers of two of the parameter")
     parser.add_argument("--curve-latency-queries", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    result = measure(args)
-    print(report(result), flush=True)
-    if args.out:
-        machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
-        write_json(args.out, {"machine": machine, "faiss": faiss.__version__, **result})
+    run_script(parser, measure, report, {"faiss": faiss.__version__})
 
 
 if __name__ == "__main__":
