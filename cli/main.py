@@ -402,6 +402,19 @@ def encode_train(
     pretrained: PretrainedOption = None,
     head: HeadOption = defaults.HEAD,
     caption_length: CaptionLengthOption = None,
+    linear_patch: Annotated[
+        str,
+        typer.Option(
+            help="2d: each frame's patches alone; 3d: CLIP4Clip's patches 3 frames deep (a ViT tower, started as 2d)."
+        ),
+    ] = defaults.LINEAR_PATCH,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from a vidret checkpoint (RUN/model/best.pt): its towers, and its head if the same kind;"
+            " --pretrained is then unused."
+        ),
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Option(
@@ -476,6 +489,8 @@ def encode_train(
         pretrained=chosen["pretrained"],
         head=head,
         caption_length=chosen["caption_length"],
+        linear_patch=linear_patch,
+        init_from=init_from,
         recipe=make_recipe(
             chosen["recipe"], epochs=epochs, batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
             warmup=warmup, warmup_start=warmup_start, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,

@@ -13,6 +13,7 @@ CLI directly.
 MODEL = "ViT-B-32"
 PRETRAINED = "openai"
 HEAD = "meanP"
+LINEAR_PATCH = "2d"  # each frame's patches alone; 3d: CLIP4Clip's patches 3 frames deep
 
 # encode train and encode embed
 RECIPE = "mmaction2"  # a recipe in pipeline/encode/recipes/ or a .json file: the optimiser's defaults

@@ -91,11 +91,16 @@ def read_stage(directory: Path) -> dict | None:
 
 
 def describe_changes(old: dict, new: dict) -> str:
-    """``name old -> new`` for every key whose value differs, comma-separated."""
+    """``name old -> new`` for every key whose value differs, comma-separated; a key one side lacks (an
+    older version's record, or an option recorded only away from its default) shows as ``(not recorded)``."""
+
+    def shown(params: dict, name: str) -> str:
+        return repr(params[name]) if name in params else "(not recorded)"
+
     return ", ".join(
-        f"{name} {old.get(name)!r} -> {new.get(name)!r}"
+        f"{name} {shown(old, name)} -> {shown(new, name)}"
         for name in sorted(set(old) | set(new))
-        if old.get(name) != new.get(name)
+        if (name in old, old.get(name)) != (name in new, new.get(name))
     )
 
 

@@ -86,11 +86,12 @@ def test_encode_train_embed_index_and_search(decoded_synthetic, tmp_path):
     trained = vidret(
         "encode", "train", *data, "--out", tmp_path / "model", "--pretrained", "none", "--epochs", 1,
         "--batch-size", 8, "--precision", "fp16", "--eps", 1e-6, "--freeze-layers", -1, "--normalize-frames",
-        "--device", "cpu", "--no-progress",
+        "--linear-patch", "3d", "--device", "cpu", "--no-progress",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     params = json.loads((tmp_path / "model" / "stage.json").read_text())["params"]
     assert (params["recipe"], params["precision"], params["freeze_layers"]) == ("mmaction2", "fp16", -1)
+    assert params["linear_patch"] == "3d"
     assert params["normalize_frames"] and params["optimizer"] == "adamw"
     finished = {path.name: path.read_bytes() for path in (tmp_path / "model").iterdir()}
     refused = vidret("encode", "train", *data, "--out", tmp_path / "model", "--pretrained", "none", "--force",
@@ -150,6 +151,9 @@ def test_encode_errors_are_one_line(decoded_synthetic, tmp_path):
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("error: unknown model 'ViT-B-99'. Did you mean ")
     assert "ViT-B-32" in unknown.stderr and unknown.stderr.count("\n") == 1
+    no_start = vidret("encode", "train", *data, "--out", tmp_path / "model", "--init-from", tmp_path / "pre.pt")
+    assert no_start.returncode == 1
+    assert no_start.stderr == f"error: --init-from {tmp_path / 'pre.pt'}: no such checkpoint\n"
     missing = vidret(
         "encode", "embed", tmp_path / "nowhere", *data[1:], "--out", tmp_path / "e", "--pretrained", "none"
     )

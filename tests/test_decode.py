@@ -228,7 +228,7 @@ def test_other_parameters_redo_the_chunks_unsharded_and_are_refused_sharded(corp
         pq.write_table(table.replace_schema_metadata(metadata), marker)
     (out / "stage.json").unlink()
     before = tree_hashes(out)
-    with pytest.raises(VidretError, match=r"other parameters \(decoder None -> 'pyav'\).*sharded"):
+    with pytest.raises(VidretError, match=r"other parameters \(decoder \(not recorded\) -> 'pyav'\).*sharded"):
         decode_videos(manifest, out, options(num_shards=2), progress=False)
     assert without_locks(tree_hashes(out)) == without_locks(before)
     summary = decode_videos(manifest, out, options(), progress=False)

@@ -35,6 +35,7 @@ from pipeline.encode.train import (
     train,
 )
 from pipeline.errors import VidretError
+from pipeline.files import sha256_file
 from pipeline.manifest import read_manifest, write_manifest
 from pipeline.stage import read_stage
 
@@ -547,3 +548,92 @@ def test_padded_frames_are_masked_in_training_and_embedding(decoded_variants, tm
             frames = torch.from_numpy(store.read(row["video_id"]).copy())[None, : real[row["video_id"]]]
             torch.testing.assert_close(torch.tensor(row["embedding"]), model.eval().encode_video(frames)[0],
                                        rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_a_3d_linear_patch_trains_under_a_frozen_stem_resumes_exactly_and_embeds(decoded_synthetic, tmp_path):
+    """MMAction2's recipe freezes CLIP's stem; the 3d patch, a new layer, trains (CLIP4Clip keeps its conv2
+    trainable). A stopped 3d run resumes to the uninterrupted one's weights; the parameters record the patch,
+    so resuming with the 2d one is refused; best.pt embeds with the 3d tower."""
+
+    def options(out, **overrides):
+        chosen = train_options(decoded_synthetic, out, linear_patch="3d", **overrides)
+        return replace(chosen, recipe=make_recipe("mmaction2", epochs=2, batch_size=8), recipe_name="mmaction2")
+
+    initial = Trainer(options(tmp_path / "init"), _one()).model.state_dict()
+    train(options(tmp_path / "whole"))
+    trained = weights(tmp_path / "whole" / LAST_CHECKPOINT)
+    stage = read_stage(tmp_path / "whole")
+    assert stage["params"]["linear_patch"] == "3d"
+    assert "clip.visual.conv1.weight" not in stage["frozen_parameters"]
+    assert "clip.visual.class_embedding" in stage["frozen_parameters"]
+    assert trained["clip.visual.conv1.weight"][:, :, 0].abs().max() > 0  # the neighbours' slices learnt
+    assert torch.equal(trained["clip.visual.class_embedding"], initial["clip.visual.class_embedding"])
+
+    train(options(tmp_path / "split", stop_after=4))
+    with pytest.raises(
+        VidretError, match=r"--resume with other training parameters \(linear_patch '3d' -> \(not recorded\)\)"
+    ):
+        train(replace(options(tmp_path / "split", resume=True), linear_patch="2d"))
+    train(options(tmp_path / "split", resume=True))
+    resumed = weights(tmp_path / "split" / LAST_CHECKPOINT)
+    assert all(torch.equal(trained[name], resumed[name]) for name in trained)
+
+    data = decoded_synthetic["frames"], decoded_synthetic["manifest"]
+    embed(EmbedOptions(*data, tmp_path / "emb", checkpoint=tmp_path / "whole" / "best.pt", progress=False))
+    assert read_stage(tmp_path / "emb")["model"]["linear_patch"] == "3d"
+    assert "linear_patch" not in train_options(decoded_synthetic, tmp_path / "x").run_params()  # 2d: as before
+
+
+def test_fine_tuning_starts_from_a_pretrained_vidret_checkpoint(decoded_synthetic, decoded_variants, tmp_path):
+    """Post-pretraining, then fine-tuning: meanP trained on one synthetic set starts runs on another. The same
+    head loads whole; seqTransf, a new head, is made on the loaded towers (its blocks copy their text layers);
+    a 2d patch becomes the 3d one, giving the same features at step 0. The record names what was loaded, and
+    the checkpoint's digest replaces the CLIP weights in the parameters."""
+    train(train_options(decoded_synthetic, tmp_path / "pre", head="meanP"))
+    source = weights(tmp_path / "pre" / "best.pt")
+    other = {"frames_dir": decoded_variants["views"], "manifest": decoded_variants["manifest"]}
+
+    def fine_tuning(out, **overrides):
+        return replace(train_options(decoded_synthetic, out, init_from=tmp_path / "pre" / "best.pt"), **other,
+                       **overrides)  # fmt: skip
+
+    same = Trainer(fine_tuning(tmp_path / "same", head="meanP"), _one()).model.state_dict()
+    different = [name for name in source if not torch.equal(same[name], source[name])]
+    assert not different and same.keys() == source.keys()
+
+    new_head = Trainer(fine_tuning(tmp_path / "new"), _one()).model
+    assert all(torch.equal(new_head.state_dict()[name], tensor) for name, tensor in source.items())
+    text_layer = new_head.clip.transformer.resblocks[0].mlp.c_fc.weight
+    assert torch.equal(new_head.head.blocks[0].mlp.c_fc.weight, text_layer.float())
+    assert torch.equal(text_layer, source["clip.transformer.resblocks.0.mlp.c_fc.weight"])
+
+    store = FrameStore(decoded_variants["views"])
+    frames = torch.from_numpy(store.read(next(iter(store.locations))))[None]
+    pretrained, _ = load_model(tmp_path / "pre" / "best.pt")
+    deep = Trainer(fine_tuning(tmp_path / "deep", head="meanP", linear_patch="3d"), _one()).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deep.encode_video(frames), pretrained.eval().encode_video(frames), atol=1e-6, rtol=0)
+
+    summary = train(fine_tuning(tmp_path / "tuned"))
+    assert summary.steps > 0
+    stage = read_stage(tmp_path / "tuned")
+    assert stage["init_from"] == {
+        "checkpoint": str((tmp_path / "pre" / "best.pt").absolute()), "head": "meanP",
+        "loaded": "towers; a new seqTransf head", "sha256": sha256_file(tmp_path / "pre" / "best.pt"),
+    }  # fmt: skip
+    assert stage["params"]["init_from"] == stage["init_from"]["sha256"] and "pretrained" not in stage["params"]
+    assert read_checkpoint(tmp_path / "tuned" / "best.pt")["spec"]["head"] == "seqTransf"
+
+
+def test_init_from_refuses_what_is_not_well_defined(decoded_synthetic, tmp_path):
+    """Another model, a 3d patch into a 2d tower, a missing file: one line each, before any training."""
+    train(train_options(decoded_synthetic, tmp_path / "deep", head="meanP", linear_patch="3d", recipe={"epochs": 1}))
+    best = tmp_path / "deep" / "best.pt"
+    with pytest.raises(VidretError, match=r"its tower has the 3d linear patch; pass --linear-patch 3d$"):
+        train(train_options(decoded_synthetic, tmp_path / "a", init_from=best))
+    with pytest.raises(VidretError, match=r"a vidret-micro checkpoint, and this run builds vidret-tiny \(pass --model"):
+        train(train_options(decoded_synthetic, tmp_path / "b", init_from=best, model="vidret-tiny", linear_patch="3d"))
+    with pytest.raises(VidretError, match=r"^--init-from .*nowhere.pt: no such checkpoint$"):
+        train_options(decoded_synthetic, tmp_path / "c", init_from=tmp_path / "nowhere.pt")
+    for refused in ("a", "b"):  # nothing written but the stage's lock file
+        assert [path.name for path in (tmp_path / refused).iterdir()] == [".vidret.lock"]

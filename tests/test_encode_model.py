@@ -27,6 +27,8 @@ from pipeline.encode.model import (
     HEADS,
     SEQ_TRANSFORMER_LAYERS,
     ModelSpec,
+    TemporalPatchEmbedding,
+    check_model_choice,
     create_clip4clip,
     quick_gelu_needed,
 )
@@ -77,9 +79,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_model(head: str, model: str = MODEL, seed: int = 0, caption_length: int | None = None):
+def make_model(head: str, model: str = MODEL, seed: int = 0, caption_length: int | None = None, **options):
     torch.manual_seed(seed)
-    return create_clip4clip(model, "none", head, caption_length).eval()
+    return create_clip4clip(model, "none", head, caption_length, **options).eval()
 
 
 def random_frames(batch: int, num_frames: int, seed: int = 0) -> torch.Tensor:
@@ -450,10 +452,10 @@ def test_unavailable_tag_offline_says_to_pass_a_file(offline_fetch):
     assert seconds < 20, f"the offline failure took {seconds} s"
 
 
-def perturbed_model(head: str, pretrained: str, caption_length: int | None = None):
+def perturbed_model(head: str, pretrained: str, caption_length: int | None = None, **options):
     """A model whose weights differ from any fresh initialisation."""
     torch.manual_seed(1)
-    model = create_clip4clip(MODEL, pretrained, head, caption_length)
+    model = create_clip4clip(MODEL, pretrained, head, caption_length, **options)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
@@ -742,3 +744,62 @@ def test_captions_tokenise_as_clip4clip_does_and_special_strings_are_documented(
 
     assert tokenizer("a <end_of_text> b")[0, :4].tolist() == [49406, 320, EOT, 321]
     assert tokenizer("a <|endoftext|> b")[0].tolist().index(EOT) > 4  # several BPE tokens, then the real EOT
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_the_3d_linear_patch_starts_as_the_2d_one(head):
+    """CLIP4Clip's 3d patch: the patch convolution made 3 frames deep, its centre slice the 2d weights and its
+    neighbours zeros, so a fresh 3d model gives the 2d model's features (same seed, same other weights)."""
+    flat, deep = make_model(head), make_model(head, linear_patch="3d")
+    patch = deep.clip.visual.conv1
+    assert isinstance(patch, TemporalPatchEmbedding) and patch.weight.shape[2] == 3
+    assert torch.equal(patch.weight[:, :, 1], flat.clip.visual.conv1.weight)
+    assert not patch.weight[:, :, 0].any() and not patch.weight[:, :, 2].any()
+    frames = random_frames(2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(deep.encode_frames(frames), flat.encode_frames(frames), rtol=0, atol=1e-6)
+        torch.testing.assert_close(deep.encode_video(frames), flat.encode_video(frames), rtol=0, atol=1e-6)
+    assert deep.spec.linear_patch == "3d" and flat.spec.linear_patch == "2d"
+
+
+@torch.no_grad()
+def test_the_3d_linear_patch_sees_the_neighbouring_frames():
+    """Once its outer slices are trained, a frame's features depend on the frames beside it and on no other,
+    and meanP over them depends on the frames' order, which meanP over 2d patches cannot."""
+    flat, deep = make_model("meanP"), make_model("meanP", linear_patch="3d")
+    deep.clip.visual.conv1.weight[:, :, 0::2].normal_(std=0.02)
+    frames = random_frames(1, 5)
+    changed = frames.clone()
+    changed[:, 2] = random_frames(1, 1, seed=1)[:, 0]
+    difference = (deep.encode_frames(frames) - deep.encode_frames(changed)).abs().amax(dim=-1)[0]
+    assert (difference[[1, 2, 3]] > 1e-4).all() and torch.equal(difference[[0, 4]], torch.zeros(2))
+    torch.testing.assert_close(flat.encode_video(frames.flip(1)), flat.encode_video(frames))
+    assert (deep.encode_video(frames.flip(1)) - deep.encode_video(frames)).abs().max() > 1e-4
+
+
+def test_a_3d_linear_patch_checkpoint_round_trip(tmp_path):
+    """The spec records the patch, and load_model rebuilds the 3d tower with every weight."""
+    model = perturbed_model("seqTransf", "none", linear_patch="3d")
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model_state(model))
+    loaded, payload = load_model(path)
+    assert payload["spec"]["linear_patch"] == "3d" and loaded.spec == model.spec
+    assert_state_dicts_equal(loaded.state_dict(), model.state_dict())
+    frames = random_frames(2, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().encode_video(frames), model.encode_video(frames))
+
+
+@pytest.mark.parametrize(
+    ("model", "linear_patch", "needles"),
+    [
+        (MODEL, "4d", ["--linear-patch '4d'", "2d, 3d"]),
+        ("RN50", "3d", ["--linear-patch 3d", "RN50's image tower has none", "--linear-patch 2d"]),
+        ("convnext_base", "3d", ["convnext_base's image tower has none"]),
+    ],
+)
+def test_an_impossible_linear_patch_is_a_one_line_error_before_any_weights(model, linear_patch, needles):
+    """Checked from the model's config: nothing is built or fetched (RN50's tag would need the network)."""
+    with pytest.raises(VidretError) as error:
+        check_model_choice(model, "openai" if model == "RN50" else "none", "meanP", linear_patch=linear_patch)
+    assert_one_line(error.value, *needles)

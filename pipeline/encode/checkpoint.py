@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip
+from pipeline.encode.model import TEMPORAL_PATCH_FRAMES, CLIP4Clip, ModelSpec, create_clip4clip, create_head
 from pipeline.errors import VidretError, first_line
 from pipeline.files import commit_file, temporary_path
 
@@ -75,10 +76,54 @@ def load_model(path: Path | str) -> tuple[CLIP4Clip, dict]:
         with quiet_root_logger():
             model = create_clip4clip(
                 spec.model, "none", spec.head, spec.caption_length, precision=spec.precision,
-                normalize_frames=spec.normalize_frames, force_quick_gelu=spec.force_quick_gelu,
+                normalize_frames=spec.normalize_frames, linear_patch=spec.linear_patch,
+                force_quick_gelu=spec.force_quick_gelu,
             )  # fmt: skip
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError) as error:
         raise VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})") from None
     model.spec = spec
     return model, payload
+
+
+def initialise_from(model: CLIP4Clip, path: Path | str) -> dict:
+    """Start ``model`` from a vidret checkpoint instead of CLIP weights (post-pretraining, then fine-tuning):
+    its towers, and its head where it is the same kind. Another head is made afresh on the loaded towers, as
+    it would be on CLIP's (seqTransf copies the loaded text layers); a 2d linear patch becomes the 3d one
+    as CLIP's does. Returns what was loaded, for the run's record."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    try:
+        source = ModelSpec(**payload["spec"])
+        state = payload["model"]
+    except (KeyError, TypeError) as error:
+        raise VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})") from None
+    built = model.spec
+    if (source.model, source.force_quick_gelu) != (built.model, built.force_quick_gelu):
+        quick = " with QuickGELU" if source.force_quick_gelu else ""
+        raise VidretError(
+            f"--init-from {path}: a {source.model}{quick} checkpoint, and this run builds {built.model}"
+            f" (pass --model {source.model})"
+        )
+    if (source.linear_patch, built.linear_patch) == ("3d", "2d"):
+        raise VidretError(f"--init-from {path}: its tower has the 3d linear patch; pass --linear-patch 3d")
+    towers = {name.removeprefix("clip."): tensor for name, tensor in state.items() if name.startswith("clip.")}
+    if (source.linear_patch, built.linear_patch) == ("2d", "3d"):
+        patch = towers["visual.conv1.weight"]
+        deep = patch.new_zeros(patch.shape[0], patch.shape[1], TEMPORAL_PATCH_FRAMES, *patch.shape[2:])
+        deep[:, :, TEMPORAL_PATCH_FRAMES // 2] = patch
+        towers["visual.conv1.weight"] = deep
+    try:
+        model.clip.load_state_dict(towers)
+        if source.head == built.head:
+            model.head.load_state_dict({name.removeprefix("head."): tensor for name, tensor in state.items()
+                                        if name.startswith("head.")})  # fmt: skip
+        else:
+            model.head = create_head(built.head, model.clip, model.clip.visual.output_dim).to(
+                next(model.clip.parameters()).device
+            )
+    except RuntimeError as error:
+        raise VidretError(f"--init-from {path}: its weights do not fit ({first_line(error)})") from None
+    model.spec = replace(built, pretrained=source.pretrained)  # the towers descend from those CLIP weights
+    loaded = "towers and head" if source.head == built.head else f"towers; a new {built.head} head"
+    return {"checkpoint": str(path.absolute()), "head": source.head, "loaded": loaded}

@@ -31,6 +31,10 @@ from pipeline.errors import VidretError, first_line
 open_clip.add_model_config(Path(__file__).with_name("model_configs"))
 
 HEADS = ("meanP", "seqLSTM", "seqTransf")
+# CLIP4Clip's --linear_patch: 2d embeds each frame's patches alone; 3d embeds a patch across the frame and
+# its neighbours (a kernel 3 frames deep), started as the 2d patch on the centre frame.
+LINEAR_PATCHES = ("2d", "3d")
+TEMPORAL_PATCH_FRAMES = 3
 SEQ_TRANSFORMER_LAYERS = 4  # CLIP4Clip's seqTransf copies the first 4 layers of the text transformer
 # CLIP4Clip's seqTransf blocks use its TF-style LayerNorm (epsilon 1e-12), not CLIP's 1e-5.
 SEQ_TRANSFORMER_NORM_EPS = 1e-12
@@ -55,9 +59,35 @@ class ModelSpec:
     force_quick_gelu: bool = False  # QuickGELU towers although the model's config says GELU
     precision: str = "amp"  # one of PRECISIONS
     normalize_frames: bool = True  # L2-normalise frame features before the mean (CLIP4Clip); False: MMAction2
+    linear_patch: str = defaults.LINEAR_PATCH  # one of LINEAR_PATCHES
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class TemporalPatchEmbedding(nn.Module):
+    """The 3d linear patch: the image tower's patch convolution made 3 frames deep, over each video's frames.
+
+    It replaces the tower's ``conv1`` and takes the video (``B×T×3×H×W``) instead of images, giving each
+    frame's patch features (``(B·T)×C×h×w``) as ``conv1`` did, so the tower's other layers are untouched.
+    Frames outside the video are zeros (CLIP4Clip's padding). Made from the 2d weights on the centre frame
+    and zeros on its neighbours, it gives the 2d features at initialisation, and draws no random numbers,
+    so the rest of the model initialises as it would with the 2d patch.
+    """
+
+    def __init__(self, patch: nn.Conv2d):
+        super().__init__()
+        depth = TEMPORAL_PATCH_FRAMES
+        weight = patch.weight.detach().new_zeros(patch.out_channels, patch.in_channels, depth, *patch.kernel_size)
+        weight[:, :, depth // 2] = patch.weight.detach()
+        self.weight = nn.Parameter(weight)
+        self.bias = None if patch.bias is None else nn.Parameter(patch.bias.detach().clone())
+        self.stride = (1, *patch.stride)
+        self.padding = (depth // 2, *patch.padding)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        patches = F.conv3d(video.transpose(1, 2), self.weight, self.bias, self.stride, self.padding)  # B×C×T×h×w
+        return patches.transpose(1, 2).flatten(0, 1)
 
 
 class MeanPooling(nn.Module):
@@ -179,7 +209,10 @@ class CLIP4Clip(nn.Module):
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Projected CLS features per frame, ``B×T×D`` float32 (not normalised)."""
         batch, num_frames = frames.shape[:2]
-        features = self.clip.encode_image(self.normalize_frames(frames).to(self.tower_dtype))
+        pixels = self.normalize_frames(frames).to(self.tower_dtype)
+        if self.spec.linear_patch == "3d":  # the tower's first layer takes whole videos
+            pixels = pixels.view(batch, num_frames, *pixels.shape[1:])
+        features = self.clip.encode_image(pixels)
         return features.float().view(batch, num_frames, -1)
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,10 +253,11 @@ class CLIP4Clip(nn.Module):
 
 
 def check_model_choice(
-    name: str, pretrained: str, head: str, caption_length: int | None = None, precision: str = "amp"
-) -> None:
-    """Fail fast, before any data is read or weights fetched, on a model, tag, head, caption length or
-    precision that cannot work."""
+    name: str, pretrained: str, head: str, caption_length: int | None = None, precision: str = "amp",
+    linear_patch: str = ModelSpec.linear_patch,
+) -> None:  # fmt: skip
+    """Fail fast, before any data is read or weights fetched, on a model, tag, head, caption length,
+    precision or linear patch that cannot work."""
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See open_clip.list_models()."
@@ -238,6 +272,18 @@ def check_model_choice(
         )
     check_caption_length(name, caption_length)
     check_precision(precision)
+    check_linear_patch(name, linear_patch)
+
+
+def check_linear_patch(name: str, linear_patch: str) -> None:
+    """``2d``, or ``3d`` on a ViT tower (the only kind with a patch convolution to deepen)."""
+    if linear_patch not in LINEAR_PATCHES:
+        raise VidretError(f"--linear-patch {linear_patch!r}: choose one of {', '.join(LINEAR_PATCHES)}")
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    if linear_patch == "3d" and (isinstance(vision.get("layers"), (list, tuple)) or "timm_model_name" in vision):
+        raise VidretError(
+            f"--linear-patch 3d deepens a ViT's patch embedding; {name}'s image tower has none (use --linear-patch 2d)"
+        )
 
 
 def check_precision(precision: str) -> None:
@@ -345,13 +391,14 @@ def create_clip4clip(
     *,
     precision: str = ModelSpec.precision,
     normalize_frames: bool = ModelSpec.normalize_frames,
+    linear_patch: str = ModelSpec.linear_patch,
     force_quick_gelu: bool | None = None,
 ) -> CLIP4Clip:
     """Build CLIP4Clip: open_clip towers (``pretrained``: tag, file or none) in ``precision``, a temporal
-    head, captions cut to ``caption_length`` tokens (None: the text tower's full context length), and the
-    frame pooling (``normalize_frames``). ``force_quick_gelu`` None decides from the tag's pretrained config
-    (and says so); a checkpoint passes what it was built with."""
-    check_model_choice(model, pretrained, head, caption_length, precision)
+    head, captions cut to ``caption_length`` tokens (None: the text tower's full context length), the
+    frame pooling (``normalize_frames``) and the image tower's ``linear_patch``. ``force_quick_gelu`` None
+    decides from the tag's pretrained config (and says so); a checkpoint passes what it was built with."""
+    check_model_choice(model, pretrained, head, caption_length, precision, linear_patch)
     if force_quick_gelu is None:
         force_quick_gelu = quick_gelu_needed(model, pretrained)
         warn_of_activation(model, pretrained, force_quick_gelu)
@@ -361,11 +408,16 @@ def create_clip4clip(
             f"--caption-length needs a causal text tower pooled at the EOT token, as CLIP's; {model}'s is not"
             " (leave --caption-length out)"
         )
+    if linear_patch == "3d":
+        if not isinstance(getattr(clip.visual, "conv1", None), nn.Conv2d):
+            raise VidretError(f"--linear-patch 3d needs a ViT image tower with a patch convolution; {model}'s has none")
+        clip.visual.conv1 = TemporalPatchEmbedding(clip.visual.conv1)
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     embed_dim = clip.visual.output_dim
     spec = ModelSpec(
         model=model, head=head, pretrained=pretrained, caption_length=caption_length,
         force_quick_gelu=force_quick_gelu, precision=precision, normalize_frames=normalize_frames,
+        linear_patch=linear_patch,
     )  # fmt: skip
     image_size = (
         tuple(preprocess["size"]) if isinstance(preprocess["size"], (list, tuple)) else (preprocess["size"],) * 2

@@ -223,7 +223,9 @@ def freeze_clip_layers(model: nn.Module, num_layers: int | None) -> list[str]:
             f"{type(model.clip).__name__} (--freeze-layers -1 trains everything)"
         )
     parameters = dict(model.clip.named_parameters())
-    frozen = [name for name in parameters if not stays_trainable(name, num_layers)]
+    # The 3d patch is a new layer, trained as CLIP4Clip trains its conv2.
+    new_layers = {"visual.conv1.weight"} if model.spec.linear_patch == "3d" else set()
+    frozen = [name for name in parameters if not stays_trainable(name, num_layers) and name not in new_layers]
     unexpected = [name for name in frozen if name not in FROZEN_STEM and block_number(name) is None]
     if unexpected:
         raise VidretError(

@@ -29,7 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import defaults
-from pipeline.encode.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, model_state, read_checkpoint, save_checkpoint
+from pipeline.encode.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    initialise_from,
+    model_state,
+    quiet_root_logger,
+    read_checkpoint,
+    save_checkpoint,
+)
 from pipeline.encode.distributed import World, barrier, broadcast_decision, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
 from pipeline.encode.model import check_model_choice, check_precision, create_clip4clip
@@ -44,7 +52,7 @@ from pipeline.encode.optim import (
 )
 from pipeline.encode.reader import FrameBatch, FrameStore, frames_and_manifest, prefetch_batches, select_videos
 from pipeline.errors import VidretError, check_number, check_paths, first_line, number_problem
-from pipeline.files import sha256_json, write_json
+from pipeline.files import sha256_file, sha256_json, write_json
 from pipeline.manifest import read_manifest
 from pipeline.stage import (
     Decision,
@@ -219,6 +227,8 @@ class TrainOptions:
     pretrained: str = defaults.PRETRAINED
     head: str = defaults.HEAD
     caption_length: int | None = None  # tokens per caption (CLIP4Clip's max_words); None: the full context
+    linear_patch: str = defaults.LINEAR_PATCH
+    init_from: Path | None = None  # a vidret checkpoint whose towers (and head) replace the CLIP weights
     recipe: Recipe = field(default_factory=lambda: load_recipe(defaults.RECIPE))
     recipe_name: str = defaults.RECIPE
     accum_steps: int = defaults.ACCUM_STEPS
@@ -234,11 +244,12 @@ class TrainOptions:
     resume: bool = False
     force: bool = False
     progress: bool = True
+    init_from_sha256: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_paths(
             (self.frames_dir, "frames directory"), (self.manifest, "manifest"), (self.out, "output folder"),
-            (self.video_root, "video root"),
+            (self.video_root, "video root"), (self.init_from, "--init-from checkpoint"),
         )  # fmt: skip
         for name, value in (("--accum-steps", self.accum_steps), ("--workers", self.workers),
                             ("--prefetch", self.prefetch), ("--eval-batch-size", self.eval_batch_size)):  # fmt: skip
@@ -249,11 +260,23 @@ class TrainOptions:
         check_number("--seed", self.seed, integer=True, at_least=0, below=2**32)  # numpy's seeds
         if self.resume and self.force:
             raise VidretError("--resume continues a run and --force starts over; pass one of them")
-        check_model_choice(self.model, self.pretrained, self.head, self.caption_length, self.recipe.precision)
+        check_model_choice(
+            self.model, self.weights, self.head, self.caption_length, self.recipe.precision, self.linear_patch
+        )
+        if self.init_from is not None:
+            if not Path(self.init_from).is_file():
+                raise VidretError(f"--init-from {self.init_from}: no such checkpoint")
+            self.init_from_sha256 = sha256_file(Path(self.init_from))
+
+    @property
+    def weights(self) -> str:
+        """What the towers are built with before training: --init-from's checkpoint replaces the CLIP weights."""
+        return "none" if self.init_from is not None else self.pretrained
 
     def run_params(self) -> dict:
-        """What determines the trained weights: a resumed run must match these."""
-        return {
+        """What determines the trained weights: a resumed run must match these. The linear patch, added
+        since the first runs, is recorded only away from its default, so that those runs still match."""
+        params = {
             "model": self.model,
             "pretrained": self.pretrained,
             "head": self.head,
@@ -263,6 +286,12 @@ class TrainOptions:
             "seed": self.seed,
             "deterministic": self.deterministic,
         }
+        if self.linear_patch != defaults.LINEAR_PATCH:
+            params["linear_patch"] = self.linear_patch
+        if self.init_from is not None:  # the checkpoint by its digest, in place of the CLIP weights
+            del params["pretrained"]
+            params["init_from"] = self.init_from_sha256
+        return params
 
 
 @dataclass
@@ -374,10 +403,16 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.recipe.epochs
 
         seed_everything(options.seed, options.deterministic)
-        self.model = create_clip4clip(
-            options.model, options.pretrained, options.head, options.caption_length,
-            precision=self.recipe.precision, normalize_frames=self.recipe.normalize_frames,
-        )  # fmt: skip
+        # With --init-from the random towers are replaced at once: open_clip's "no weights" warning would mislead.
+        with quiet_root_logger() if options.init_from else contextlib.nullcontext():
+            self.model = create_clip4clip(
+                options.model, options.weights, options.head, options.caption_length,
+                precision=self.recipe.precision, normalize_frames=self.recipe.normalize_frames,
+                linear_patch=options.linear_patch,
+            )  # fmt: skip
+        self.init_record = None
+        if options.init_from is not None:
+            self.init_record = {**initialise_from(self.model, options.init_from), "sha256": options.init_from_sha256}
         self.frozen = freeze_clip_layers(self.model, self.recipe.freeze_layers)
         every_video = {*self.video_ids, *(entry.video_id for entry in self.val)}
         check_frame_size(self.model, self.store.frame_shape(every_video), Path(options.frames_dir))
@@ -651,6 +686,7 @@ class Trainer:
                 "device": str(self.world.device),
                 "input": self.input_record,
                 "frozen_parameters": self.frozen,
+                "init_from": self.init_record,
                 "steps": {"per_epoch": self.steps_per_epoch, "total": self.total_steps},
                 "best": self.best,
                 "history": self.history,
