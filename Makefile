@@ -59,7 +59,7 @@ INDEX_ARGS ?=
 QUERY ?= a large red circle moves left on a black background
 SEARCH_ARGS ?= --k 5
 
-.PHONY: setup browser demo synth manifest decode encode embed index search serve report collection bench test clean
+.PHONY: setup browser demo synth manifest decode encode embed index search serve report collection study bench test clean
 
 setup: $(VENV)/.installed
 
@@ -145,6 +145,13 @@ demo: setup
 	@echo "demo: videos and manifest in $(DATA)/; frames in $(RUN)/frames/; model in $(RUN)/model/ (best.pt);"
 	@echo "demo: embeddings in $(RUN)/embeddings/; index, metrics.json and ranks.parquet in $(RUN)/index/."
 	@echo "demo: search it in a browser: $(VIDRET) serve $(RUN) (or make serve), then open http://127.0.0.1:8000/"
+
+# CLIP4Clip's study on the synthetic dataset: every head and linear patch of pipeline/studies/$(STUDY).json,
+# trained, embedded and indexed with the same seeds, then the table (STUDY_OUT/study.md) and plot. Not in make test.
+STUDY ?= clip4clip
+STUDY_OUT ?= runs/study
+study: setup
+	$(VIDRET) study $(STUDY) --out $(STUDY_OUT)
 
 # Every stage against its floor, with the figures in bench.json (opencv-python-headless, the `bench`
 # extra, is installed for the decode baselines). BENCH_ARGS="--only index" runs one part.

@@ -764,19 +764,42 @@ def collection(
 
 @app.command()
 @reports_errors
+def study(
+    study: Annotated[
+        str, typer.Argument(help="A study in pipeline/studies/ by name, or a study .json file of your own.")
+    ] = defaults.STUDY,
+    out: Annotated[Path, typer.Option(help="The study's folder: data, frames, one folder per run, the table.")] = Path(
+        defaults.STUDY_OUT
+    ),
+    device: DeviceOption = defaults.DEVICE,
+    progress: ProgressOption = True,
+) -> None:
+    """Train, embed and index every run of a study on the synthetic dataset; write its table and plot."""
+    from pipeline.study import StudyOptions, run_study
+
+    summary = run_study(StudyOptions(study=study, out=out, device=device, progress=progress), echo=typer.echo)
+    typer.echo(summary.table)
+    typer.echo(summary.line())
+
+
+@app.command()
+@reports_errors
 def bench(
     out: Annotated[Path, typer.Option(help="Where the results go (JSON).")] = Path("bench.json"),
     only: Annotated[
-        str, typer.Option(help="Comma-separated parts to run: decode, encode, index.")
-    ] = "decode,encode,index",
+        str | None,
+        typer.Option(
+            help="Comma-separated parts to run: decode, encode, index, jpeg, ann, serve.", show_default="every part"
+        ),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="Tiny sizes: checks that every part runs; not figures to quote.")] = False,
     progress: ProgressOption = True,
 ) -> None:
-    """Measure every stage against its floor (decode, encode, index); write bench.json and print a table."""
+    """Measure every stage against its floor; write bench.json and print a table."""
     from pipeline.bench import BenchOptions, bench_table, run_bench
 
-    parts = tuple(part.strip() for part in only.split(","))
-    results = run_bench(BenchOptions(out=out, parts=parts, quick=quick, progress=progress))
+    chosen = {} if only is None else {"parts": tuple(part.strip() for part in only.split(","))}
+    results = run_bench(BenchOptions(out=out, quick=quick, progress=progress, **chosen))
     typer.echo(bench_table(results))
     typer.echo(f"bench: {len(results['summary'])} figures -> {out}")
 

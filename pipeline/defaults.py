@@ -37,6 +37,10 @@ INDEX_SEED = 0  # draws the training and tuning samples of an approximate index
 COLLECTION_CLIP_SECONDS = 10.0  # each video is cut into windows this long, each one searchable
 COLLECTION_INDEX = "auto"  # exact while that is fast, approximate past it
 
+# vidret study (StudyOptions in pipeline/study.py)
+STUDY = "clip4clip"  # pipeline/studies/clip4clip.json
+STUDY_OUT = "runs/study"
+
 # vidret search and vidret serve
 MAX_K = 1000  # results per query
 MAX_QUERY_CHARS = 1000  # the text towers read at most 77 tokens; a longer query is a mistake, not a search

@@ -110,6 +110,10 @@ def curves_png(history: list[dict]) -> bytes:
         recall.legend()
     for axes in (loss, recall):
         axes.grid(alpha=0.3)
+    return png_bytes(figure)
+
+
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp: the same bytes each time
     return buffer.getvalue()

@@ -102,3 +102,9 @@ def test_bench_target_installs_the_bench_extra_and_runs_vidret_bench():
     assert made.returncode == 0, made.stderr
     assert "pip install --quiet -e '.[dev,bench]'" in made.stdout
     assert made.stdout.rstrip().endswith("vidret bench --out bench.json --only index")
+
+
+def test_study_target_runs_the_named_study_into_its_folder():
+    assert planned_commands("study")[-1].endswith("vidret study clip4clip --out runs/study")
+    (command,) = planned_commands("study", "STUDY=my.json", "STUDY_OUT=runs/mine")[-1:]
+    assert command.endswith("vidret study my.json --out runs/mine")

@@ -86,7 +86,7 @@ def test_the_wheel_ships_every_file_of_the_packages_and_the_entry_point(installe
         if path.is_file() and "__pycache__" not in path.parts
     }
     assert sources - shipped == set()
-    for data in ("datasets/catalog", "encode/recipes", "encode/model_configs"):
+    for data in ("datasets/catalog", "encode/recipes", "encode/model_configs", "studies"):
         assert list((installed.source / "pipeline" / data).glob("*.json")), data  # each kind is there to be shipped
     assert "pipeline/benchmarks/__init__.py" in shipped and "pipeline/benchmarks/index_scaling.py" in shipped
     metadata = next(name for name in shipped if name.endswith(".dist-info/entry_points.txt"))
@@ -134,7 +134,9 @@ import json
 import open_clip, torch
 from pipeline.encode.model import create_clip4clip
 from pipeline.encode.train import RECIPES_DIR, available_recipes, load_recipe
+from pipeline.study import available_studies, load_study
 recipes = {name: load_recipe(name).epochs for name in available_recipes()}
+studies = {name: len(load_study(name).runs) for name in available_studies()}
 torch.manual_seed(0)
 model = create_clip4clip("vidret-micro", "none", "meanP").eval()
 with torch.no_grad():
@@ -142,12 +144,13 @@ with torch.no_grad():
     text = model.encode_text(model.tokenize(["a dog"]))
 models = [name for name in open_clip.list_models() if name.startswith("vidret-")]
 shapes = [video.shape[-1], text.shape[-1]]
-print(json.dumps({"recipes": recipes, "dir": str(RECIPES_DIR), "models": models, "shapes": shapes}))
+print(json.dumps({"recipes": recipes, "studies": studies, "dir": str(RECIPES_DIR), "models": models, "shapes": shapes}))
 """
     loaded = json.loads(installed.python(code).stdout)
     shipped = sorted(path.stem for path in (installed.source / "pipeline" / "encode" / "recipes").glob("*.json"))
     assert sorted(loaded["recipes"]) == shipped
     assert {"demo", "clip4clip", "mmaction2"} <= set(loaded["recipes"]) and all(loaded["recipes"].values())
+    assert loaded["studies"]["clip4clip"] == 6
     assert Path(loaded["dir"]).is_relative_to(installed.site)
     assert sorted(loaded["models"]) == ["vidret-micro", "vidret-tiny"]
     assert loaded["shapes"] == [32, 32]  # vidret-micro's embed_dim
