@@ -59,13 +59,17 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return stale
 
 
-def write_text(path: Path, text: str) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     temporary = temporary_path(path)
     try:
-        temporary.write_text(text)
+        temporary.write_bytes(data)
         commit_file(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj) -> None:

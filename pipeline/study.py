@@ -31,10 +31,11 @@ from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
 from pipeline.encode.embed import EmbedOptions, embed
 from pipeline.encode.model import check_model_choice
 from pipeline.encode.train import Recipe, TrainOptions, make_recipe, train
-from pipeline.errors import VidretError, check_paths
-from pipeline.files import write_json
+from pipeline.errors import VidretError, check_paths, number_problem
+from pipeline.files import write_bytes, write_json, write_text
 from pipeline.index import IndexOptions, index_embeddings
 from pipeline.report import png_bytes
+from pipeline.stage import read_stage
 from pipeline.synth import SynthOptions, make_synthetic_dataset
 
 STUDIES_DIR = Path(__file__).with_name("studies")
@@ -80,7 +81,7 @@ def load_study(name_or_path: str | Path) -> Study:
         if not path.is_file():
             raise VidretError(f"unknown study {name_or_path!r}; choose one of {', '.join(available_studies())}")
     try:
-        source = json.loads(Path(path).read_text())
+        source = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise VidretError(f"study {path}: not a readable JSON file ({error})") from None
     where = f"study {path}"
@@ -105,11 +106,12 @@ def load_study(name_or_path: str | Path) -> Study:
     recipe = make_recipe(recipe_name, **train_fields)
     model, pretrained = source.get("model", defaults.MODEL), source.get("pretrained", defaults.PRETRAINED)
     check_runs(where, runs, model, pretrained, recipe)
+    seed = source.get("seed", defaults.TRAIN_SEED)
+    if problem := number_problem(seed, integer=True, at_least=0, below=2**32):
+        raise VidretError(f"{where}: seed {problem}")
     return Study(
-        name=path.stem, description=source.get("description", ""), synth=synth, frames=frames,
-        model=model, pretrained=pretrained,
-        recipe_name=recipe_name, recipe=recipe, seed=source.get("seed", defaults.TRAIN_SEED), runs=runs,
-        source=source,
+        name=path.stem, description=source.get("description", ""), synth=synth, frames=frames, model=model,
+        pretrained=pretrained, recipe_name=recipe_name, recipe=recipe, seed=seed, runs=runs, source=source,
     )  # fmt: skip
 
 
@@ -188,7 +190,7 @@ def run_study(options: StudyOptions, echo: Callable[[str], None] = lambda line: 
         )
         for line in (summary.line(), embedded.line(), indexed.line()):
             echo(f"{run.name}: {line}")
-        model_record = json.loads((folder / "model" / "stage.json").read_text())
+        model_record = read_stage(folder / "model")
         results.append(
             {
                 "name": run.name, "head": run.head, "linear_patch": run.linear_patch,
@@ -198,8 +200,8 @@ def run_study(options: StudyOptions, echo: Callable[[str], None] = lambda line: 
         )  # fmt: skip
     table = study_table(study, results)
     write_json(out / "study.json", {"study": study.name, "file": study.source, "runs": results})
-    (out / "study.md").write_text(table + "\n")
-    (out / "study.png").write_bytes(study_png(results))
+    write_text(out / "study.md", table + "\n")
+    write_bytes(out / "study.png", study_png(results))
     return StudySummary(out, len(results), trained, time.perf_counter() - started, table)
 
 

@@ -97,6 +97,7 @@ def test_quick_serve_part_times_both_corpora_against_in_process_search(tmp_path)
     assert sorted(raw["corpora"]) == ["million", "run"] and raw["queries"] == 10
     assert raw["corpora"]["million"]["clips"] == 5000
     for corpus in raw["corpora"].values():
+        assert corpus["timed_queries"] == 10  # the warm-up queries are not among them
         for figure in ("server_ms", "round_trip_ms", "in_process_ms", "healthz_ms"):
             assert 0 < corpus[figure]["p50"] <= corpus[figure]["p99"], figure
         assert 0 < corpus["text_share"] + corpus["index_share"] <= 1

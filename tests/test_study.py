@@ -47,6 +47,7 @@ def test_every_shipped_study_loads_and_every_run_can_be_built():
         ({"epochs": 3}, "unknown fields ['epochs']"),
         ({"train": {"recipe": "demo", "epoch": 3}}, "train: unknown recipe fields ['epoch']"),
         ({"runs": []}, "no runs"),
+        ({"seed": -1}, "seed must be in [0, 4294967296), got -1"),
         ({"runs": [{"name": "a", "head": "maxP"}]}, "run a: unknown head 'maxP'"),
         ({"model": "RN50", "pretrained": "openai", "runs": [{"name": "a", "head": "meanP", "linear_patch": "3d"}]},
          "run a: --linear-patch 3d deepens a ViT's patch embedding"),

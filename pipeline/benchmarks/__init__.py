@@ -6,8 +6,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.bench import machine
 from pipeline.files import write_json
+
+
+def percentiles(times: list[float], suffix: str = "") -> dict:
+    """p50 and p99 of ``times``, rounded to 3 decimals, as ``{"p50" + suffix: ..., "p99" + suffix: ...}``."""
+    return {f"p{q}{suffix}": round(float(np.percentile(times, q)), 3) for q in (50, 99)}
 
 
 def run_script(

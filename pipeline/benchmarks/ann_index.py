@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from pipeline import defaults
-from pipeline.benchmarks import run_script
+from pipeline.benchmarks import percentiles, run_script
 from pipeline.index.faiss_index import (
     RECALL_K,
     build_index,
@@ -87,7 +87,7 @@ def latencies_ms(index: faiss.Index, queries: np.ndarray, threads: int) -> dict:
         search(index, queries[row : row + 1], RECALL_K)
         times.append((time.perf_counter() - started) * 1e3)
     faiss.omp_set_num_threads(every_thread)
-    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
+    return percentiles(times, "_ms")
 
 
 def recall_at_10(index: faiss.Index, queries: np.ndarray, exact: np.ndarray) -> float:

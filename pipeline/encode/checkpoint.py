@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.encode.model import TEMPORAL_PATCH_FRAMES, CLIP4Clip, ModelSpec, create_clip4clip, create_head
+from pipeline.encode.model import CLIP4Clip, ModelSpec, create_clip4clip, create_head, deepened_patch_weight
 from pipeline.errors import VidretError, first_line
 from pipeline.files import commit_file, temporary_path
 
@@ -66,11 +66,23 @@ def quiet_root_logger():
         root.setLevel(level)
 
 
-def load_model(path: Path | str) -> tuple[CLIP4Clip, dict]:
-    """The model a checkpoint describes, with its weights, on the CPU; and the checkpoint."""
+def damaged(path: Path | str, error: Exception) -> VidretError:
+    return VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})")
+
+
+def read_spec(path: Path | str) -> tuple[ModelSpec, dict]:
+    """A checkpoint's model spec, and the checkpoint."""
     payload = read_checkpoint(path)
     try:
-        spec = ModelSpec(**payload["spec"])
+        return ModelSpec(**payload["spec"]), payload
+    except (KeyError, TypeError) as error:
+        raise damaged(path, error) from None
+
+
+def load_model(path: Path | str) -> tuple[CLIP4Clip, dict]:
+    """The model a checkpoint describes, with its weights, on the CPU; and the checkpoint."""
+    spec, payload = read_spec(path)
+    try:
         # The checkpoint holds every weight, so the CLIP weights are not fetched again (and open_clip's
         # "initialized randomly" warning would mislead).
         with quiet_root_logger():
@@ -81,7 +93,7 @@ def load_model(path: Path | str) -> tuple[CLIP4Clip, dict]:
             )  # fmt: skip
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError) as error:
-        raise VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})") from None
+        raise damaged(path, error) from None
     model.spec = spec
     return model, payload
 
@@ -92,12 +104,9 @@ def initialise_from(model: CLIP4Clip, path: Path | str) -> dict:
     it would be on CLIP's (seqTransf copies the loaded text layers); a 2d linear patch becomes the 3d one
     as CLIP's does. Returns what was loaded, for the run's record."""
     path = Path(path)
-    payload = read_checkpoint(path)
-    try:
-        source = ModelSpec(**payload["spec"])
-        state = payload["model"]
-    except (KeyError, TypeError) as error:
-        raise VidretError(f"{path}: a damaged checkpoint ({type(error).__name__}: {first_line(error)})") from None
+    source, payload = read_spec(path)
+    if not isinstance(state := payload.get("model"), dict):
+        raise damaged(path, KeyError("model"))
     built = model.spec
     if (source.model, source.force_quick_gelu) != (built.model, built.force_quick_gelu):
         quick = " with QuickGELU" if source.force_quick_gelu else ""
@@ -109,10 +118,7 @@ def initialise_from(model: CLIP4Clip, path: Path | str) -> dict:
         raise VidretError(f"--init-from {path}: its tower has the 3d linear patch; pass --linear-patch 3d")
     towers = {name.removeprefix("clip."): tensor for name, tensor in state.items() if name.startswith("clip.")}
     if (source.linear_patch, built.linear_patch) == ("2d", "3d"):
-        patch = towers["visual.conv1.weight"]
-        deep = patch.new_zeros(patch.shape[0], patch.shape[1], TEMPORAL_PATCH_FRAMES, *patch.shape[2:])
-        deep[:, :, TEMPORAL_PATCH_FRAMES // 2] = patch
-        towers["visual.conv1.weight"] = deep
+        towers["visual.conv1.weight"] = deepened_patch_weight(towers["visual.conv1.weight"])
     try:
         model.clip.load_state_dict(towers)
         if source.head == built.head:

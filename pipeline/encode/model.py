@@ -77,17 +77,22 @@ class TemporalPatchEmbedding(nn.Module):
 
     def __init__(self, patch: nn.Conv2d):
         super().__init__()
-        depth = TEMPORAL_PATCH_FRAMES
-        weight = patch.weight.detach().new_zeros(patch.out_channels, patch.in_channels, depth, *patch.kernel_size)
-        weight[:, :, depth // 2] = patch.weight.detach()
-        self.weight = nn.Parameter(weight)
+        self.weight = nn.Parameter(deepened_patch_weight(patch.weight.detach()))
         self.bias = None if patch.bias is None else nn.Parameter(patch.bias.detach().clone())
         self.stride = (1, *patch.stride)
-        self.padding = (depth // 2, *patch.padding)
+        self.padding = (TEMPORAL_PATCH_FRAMES // 2, *patch.padding)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         patches = F.conv3d(video.transpose(1, 2), self.weight, self.bias, self.stride, self.padding)  # B×C×T×h×w
         return patches.transpose(1, 2).flatten(0, 1)
+
+
+def deepened_patch_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 2d patch convolution's weight (out × in × h × w) made 3 frames deep: itself on the centre frame,
+    zeros on its neighbours."""
+    deep = weight.new_zeros(weight.shape[0], weight.shape[1], TEMPORAL_PATCH_FRAMES, *weight.shape[2:])
+    deep[:, :, TEMPORAL_PATCH_FRAMES // 2] = weight
+    return deep
 
 
 class MeanPooling(nn.Module):
@@ -408,9 +413,7 @@ def create_clip4clip(
             f"--caption-length needs a causal text tower pooled at the EOT token, as CLIP's; {model}'s is not"
             " (leave --caption-length out)"
         )
-    if linear_patch == "3d":
-        if not isinstance(getattr(clip.visual, "conv1", None), nn.Conv2d):
-            raise VidretError(f"--linear-patch 3d needs a ViT image tower with a patch convolution; {model}'s has none")
+    if linear_patch == "3d":  # check_linear_patch has made sure the tower is a ViT, whose conv1 is the patch
         clip.visual.conv1 = TemporalPatchEmbedding(clip.visual.conv1)
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     embed_dim = clip.visual.output_dim
