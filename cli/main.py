@@ -241,13 +241,22 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = default_of(
         SynthOptions, "seed"
     ),
+    twins: Annotated[
+        bool,
+        typer.Option(
+            help="Clips in pairs told apart only by the order of their frames (the twin plays backwards, in the"
+            " opposite direction), in one split and one training batch: mean pooling's ceiling is half the test"
+            " clips."
+        ),
+    ] = default_of(SynthOptions, "twins"),
     force: Annotated[bool, typer.Option(help="Replace a dataset made with other options.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Write the built-in synthetic dataset: H.264 clips of moving shapes, with captions."""
     from pipeline.synth import make_synthetic_dataset
 
-    summary = make_synthetic_dataset(out, SynthOptions(videos=videos, seed=seed), force=force, progress=progress)
+    options = SynthOptions(videos=videos, seed=seed, twins=twins)
+    summary = make_synthetic_dataset(out, options, force=force, progress=progress)
     typer.echo(summary.line())
 
 
@@ -621,6 +630,15 @@ def index(
     recall: Annotated[
         float, typer.Option(help="Recall@10 against exact search that an approximate index is tuned to reach.")
     ] = defaults.INDEX_RECALL,
+    rerank: Annotated[
+        Path | None,
+        typer.Option(
+            help="A pair head's checkpoint (--head tightTransf): re-score each query's top --rerank-k candidates"
+            " with it, and report those metrics under their own label.",
+            show_default=False,
+        ),
+    ] = None,
+    rerank_k: Annotated[int, typer.Option(help="Candidates per query --rerank re-scores.")] = defaults.RERANK_K,
     device: DeviceOption = defaults.DEVICE,
     force: Annotated[bool, typer.Option(help="Recompute even if --out is up to date.")] = False,
     progress: ProgressOption = True,
@@ -632,6 +650,7 @@ def index(
     options = IndexOptions(
         top_k=top_k, dsl=dsl, dsl_scale=dsl_scale, dump=dump, block_size=block_size, index=index,
         index_memory=index_memory, recall=recall, device=device, force=force, progress=progress,
+        rerank=rerank, rerank_k=rerank_k,
     )  # fmt: skip
     summary = index_embeddings(embeddings, out, options)
     for note in summary.notes:

@@ -31,6 +31,7 @@ INDEX_DSL_SCALE = 100.0  # softmax scale of the dual-softmax prior
 INDEX_BLOCK_SIZE = 4096  # queries per block of the similarity matrix
 INDEX_TYPE = "flat"  # the exact index; auto chooses by size and --index-memory; else a FAISS index_factory string
 INDEX_RECALL = 0.95  # recall@10 against exact search that an approximate index's search is tuned to reach
+RERANK_K = 50  # candidates per query a pair head re-scores (vidret index --rerank)
 INDEX_SEED = 0  # draws the training and tuning samples of an approximate index
 
 # vidret collection (CollectionOptions in pipeline/collection.py): a folder of one's own videos

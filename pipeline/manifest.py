@@ -8,7 +8,9 @@ indexed and searchable, but never trained on and never scored (in a scored split
 is a text-to-video distractor).
 
 ``path`` is relative to the manifest's folder unless it is absolute, or
-relative to ``video_root`` when one is given. Other fields are allowed and
+relative to ``video_root`` when one is given. ``group`` (optional, a string)
+names videos that training draws into the same batches, as one another's hard
+negatives (the synthetic data's direction twins). Other fields are allowed and
 ignored, so datasets can carry extra annotations.
 """
 
@@ -36,6 +38,7 @@ class ManifestEntry:
     path: Path  # absolute
     split: str
     captions: tuple[str, ...]  # () for an uncaptioned video
+    group: str | None = None  # videos of one group share training batches (hard negatives)
 
 
 def read_manifest(manifest: Path | str, video_root: Path | str | None = None) -> list[ManifestEntry]:
@@ -96,7 +99,10 @@ def _parse_line(raw: bytes, base: Path) -> ManifestEntry:
     for caption in captions:
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"empty or non-string caption {caption!r}")
-    return ManifestEntry(video_id, (base / path).absolute(), split, tuple(captions))
+    group = record.get("group")
+    if group is not None and (not isinstance(group, str) or not group.strip()):
+        raise ValueError(f"'group' must be a non-empty string (or left out), got {group!r}")
+    return ManifestEntry(video_id, (base / path).absolute(), split, tuple(captions), group)
 
 
 def parse_splits(split: str) -> tuple[str, ...]:

@@ -330,3 +330,10 @@ def retrieval_metrics(
         "num_texts": int(ranks.t2v.size),
         "uncaptioned_videos": num_videos - int(ranks.v2t.size),
     }
+
+
+def score_matrix_metrics(scores: ArrayLike, text_video_index: ArrayLike) -> dict:
+    """``retrieval_metrics`` of a precomputed texts × videos score matrix (a pair head's), by the same rules."""
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    # The scores, as text embeddings, against the identity: their product gives each score back exactly.
+    return retrieval_metrics(scores, torch.eye(scores.shape[1], device=scores.device), text_video_index)

@@ -2,14 +2,16 @@
 
 A study file (``pipeline/studies/*.json``, or one of your own) fixes the dataset, the frames, the model,
 the training recipe and the seed that every run shares, and lists the runs, each a head and a linear
-patch. ``run_study`` writes the data and the frames once, then for each run trains, embeds the test split
-and indexes it, every stage through its own stage contract, so a second study skips what is done:
+patch, optionally started from an earlier run's checkpoint (``init_from``, post-pretraining). A pair head
+(tightTransf) has no embeddings: its run re-ranks an earlier run's index (``rerank``). ``run_study`` writes
+the data and the frames once, then for each run trains, embeds the test split and indexes it, every stage
+through its own stage contract, so a second study skips what is done:
 
     OUT/data/            synth: the videos and manifest.jsonl
     OUT/frames/          decode
     OUT/NAME/model/      encode train, one folder per run
     OUT/NAME/embeddings/ encode embed (the test split, with best.pt)
-    OUT/NAME/index/      index, with the dual-softmax rows
+    OUT/NAME/index/      index, with the dual-softmax rows (a pair head's: the re-ranked one's index)
     OUT/study.json       the study file as run, and each run's parameters, metrics and training time
     OUT/study.md         the table in the shape of the CLIP4Clip paper's: one row per method
     OUT/study.png        text-to-video and video-to-text R@1 per run
@@ -29,7 +31,7 @@ from matplotlib.figure import Figure
 from pipeline import defaults
 from pipeline.decode import DecodeOptions, FrameSpec, decode_videos
 from pipeline.encode.embed import EmbedOptions, embed
-from pipeline.encode.model import check_model_choice
+from pipeline.encode.model import PAIR_HEADS, check_model_choice
 from pipeline.encode.train import Recipe, TrainOptions, make_recipe, train
 from pipeline.errors import VidretError, check_paths, number_problem
 from pipeline.files import write_bytes, write_json, write_text
@@ -54,6 +56,8 @@ class StudyRun:
     name: str
     head: str
     linear_patch: str = defaults.LINEAR_PATCH
+    init_from: str | None = None  # an earlier run whose best.pt this one starts from
+    rerank: str | None = None  # a pair head's run: the earlier run whose candidates it re-scores
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,20 @@ def check_runs(where: str, runs: tuple[StudyRun, ...], model: str, pretrained: s
             check_model_choice(model, pretrained, run.head, None, recipe.precision, run.linear_patch)
         except VidretError as error:
             raise VidretError(f"{where}: run {run.name}: {error}") from None
+        earlier = {other.name: other for other in runs[: runs.index(run)]}
+        for field_name in ("init_from", "rerank"):
+            named = getattr(run, field_name)
+            if named is not None and named not in earlier:
+                raise VidretError(f"{where}: run {run.name}: {field_name} {named!r} is not a run listed before it")
+        if (run.head in PAIR_HEADS) != (run.rerank is not None):
+            raise VidretError(
+                f"{where}: run {run.name}: a pair head ({', '.join(PAIR_HEADS)}) needs rerank, an earlier run whose"
+                " candidates it re-scores, and only a pair head takes one"
+            )
+        if run.rerank is not None and earlier[run.rerank].head in PAIR_HEADS:
+            raise VidretError(
+                f"{where}: run {run.name}: rerank {run.rerank!r} is a pair head's run, with no embeddings"
+            )
 
 
 @dataclass(frozen=True)
@@ -171,30 +189,41 @@ def run_study(options: StudyOptions, echo: Callable[[str], None] = lambda line: 
     results, trained = [], 0
     for run in study.runs:
         folder = out / run.name
+        best = folder / "model" / "best.pt"
         summary = train(
             TrainOptions(
                 out / "frames", data.manifest, folder / "model", model=study.model, pretrained=study.pretrained,
                 head=run.head, linear_patch=run.linear_patch, recipe=study.recipe, recipe_name=study.recipe_name,
+                init_from=out / run.init_from / "model" / "best.pt" if run.init_from else None,
                 seed=study.seed, device=options.device, progress=options.progress,
             )
         )  # fmt: skip
         trained += summary.skip_reason is None
-        embedded = embed(
-            EmbedOptions(
-                out / "frames", data.manifest, folder / "embeddings", checkpoint=folder / "model" / "best.pt",
-                device=options.device, progress=options.progress,
-            )
-        )  # fmt: skip
-        indexed = index_embeddings(
-            folder / "embeddings", folder / "index", IndexOptions(dsl=True, device=options.device, progress=False)
-        )
-        for line in (summary.line(), embedded.line(), indexed.line()):
+        lines = [summary.line()]
+        if run.rerank is None:
+            embedded = embed(
+                EmbedOptions(
+                    out / "frames", data.manifest, folder / "embeddings", checkpoint=best, device=options.device,
+                    progress=options.progress,
+                )
+            )  # fmt: skip
+            lines.append(embedded.line())
+            index_options = IndexOptions(dsl=True, device=options.device, progress=False)
+            indexed = index_embeddings(folder / "embeddings", folder / "index", index_options)
+            metrics = indexed.metrics
+        else:
+            index_options = IndexOptions(rerank=best, device=options.device, progress=False)
+            indexed = index_embeddings(out / run.rerank / "embeddings", folder / "index", index_options)
+            reranked = indexed.metrics["rerank"]
+            metrics = {**indexed.metrics, "t2v": reranked["t2v"], "v2t": reranked["v2t"]}
+            del metrics["rerank"]
+        for line in (*lines, indexed.line()):
             echo(f"{run.name}: {line}")
         model_record = read_stage(folder / "model")
         results.append(
             {
-                "name": run.name, "head": run.head, "linear_patch": run.linear_patch,
-                "metrics": indexed.metrics, "train_seconds": model_record["throughput"]["seconds"],
+                "name": run.name, "head": run.head, "linear_patch": run.linear_patch, "init_from": run.init_from,
+                "rerank": run.rerank, "metrics": metrics, "train_seconds": model_record["throughput"]["seconds"],
                 "best_epoch": model_record["best"]["epoch"] if model_record.get("best") else None,
             }
         )  # fmt: skip
@@ -212,9 +241,16 @@ def study_table(study: Study, results: list[dict]) -> str:
     lines = [header, "|---" * (1 + 2 * len(COLUMNS)) + "|"]
     for dsl in (False, True):
         for result in results:
+            if dsl and "dsl" not in result["metrics"]:  # a re-ranker's scores have no dual softmax
+                continue
             metrics = result["metrics"]["dsl"] if dsl else result["metrics"]
             cells = [f"{metrics[direction][column]:.1f}" for direction in ("t2v", "v2t") for column in COLUMNS]
-            lines.append(f"| {result['name']}{' + DSL' if dsl else ''} | " + " | ".join(cells) + " |")
+            name = (
+                f"{result['name']} (re-ranking {result['rerank']}'s top {defaults.RERANK_K})"
+                if result.get("rerank")
+                else result["name"]
+            )
+            lines.append(f"| {name}{' + DSL' if dsl else ''} | " + " | ".join(cells) + " |")
     counts = results[0]["metrics"]
     lines.append("")
     lines.append(

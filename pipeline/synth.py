@@ -11,6 +11,15 @@ retrieval benchmark:
   segment, and segments are drawn independently of direction, so the set of
   frames (all that mean pooling sees) carries no information about direction.
   A temporal head can beat mean pooling on these captions.
+
+With ``twins`` the clips come in pairs that tell that apart: a clip and its
+twin share every attribute but the direction, which is the opposite one on
+the same axis, and the twin's frames are the clip's in reverse order. Both
+are in one split, and share a manifest ``group``, so training draws them into
+the same batches as one another's hard negatives. On such a test split mean
+pooling sees the same frames for a caption's video and its twin, and its
+text-to-video R@1 is at most half the test clips, in expectation
+(``MEAN_POOLING_CEILING``), whatever it learns.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +59,10 @@ CAPTION_TEMPLATES = (
     "on a {background} background a {size} {colour} {shape} travels {direction}",
 )
 SPLIT_FRACTIONS = {"test": 0.2, "val": 0.1}  # the rest is train
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+# With twins, a test caption's video and its twin look alike to mean pooling: it picks the right one at best
+# half the time (the twins' frames differ only by the codec's rounding).
+MEAN_POOLING_CEILING = 0.5
 TRAIN_CAPTIONS = 3  # captions per training video; val and test videos get one, as MSR-VTT 1k-A
 
 
@@ -86,10 +99,13 @@ class SynthOptions:
     fps: int = 30
     min_frames: int = 60
     max_frames: int = 120
+    twins: bool = False  # clips in pairs, the second the first played backwards (opposite direction)
 
     def __post_init__(self) -> None:
         if self.videos < 1:
             raise VidretError(f"--videos must be at least 1, got {self.videos}")
+        if self.twins and self.videos % 2:
+            raise VidretError(f"--twins makes clips in pairs: --videos must be even, got {self.videos}")
         if self.width % 2 or self.height % 2 or min(self.width, self.height) < 32:
             raise VidretError(f"frame size must be even and at least 32, got {self.width}x{self.height}")
         if not 2 <= self.min_frames <= self.max_frames:
@@ -102,8 +118,17 @@ class SynthOptions:
             )
 
     def split_counts(self) -> dict[str, int]:
-        counts = {name: round(fraction * self.videos) for name, fraction in SPLIT_FRACTIONS.items()}
+        """Videos per split (with twins, even: a pair is in one split)."""
+        unit = 2 if self.twins else 1
+        counts = {name: unit * round(fraction * self.videos / unit) for name, fraction in SPLIT_FRACTIONS.items()}
         return {"train": self.videos - sum(counts.values()), **counts}
+
+    def params(self) -> dict:
+        """The options as the stage records them: ``twins`` only when set, so earlier datasets stay up to date."""
+        params = asdict(self)
+        if not self.twins:
+            del params["twins"]
+        return params
 
 
 def draw_motion(
@@ -244,29 +269,37 @@ def write_segmented_video(
 
 
 def assign_splits(rng: np.random.Generator, options: SynthOptions) -> list[str]:
-    splits = [name for name, count in options.split_counts().items() for _ in range(count)]
-    return [splits[i] for i in rng.permutation(options.videos)]
+    unit = 2 if options.twins else 1  # a pair of twins is in one split
+    splits = [name for name, count in options.split_counts().items() for _ in range(count // unit)]
+    return [splits[i] for i in rng.permutation(options.videos // unit)]
 
 
 def plan_dataset(options: SynthOptions) -> list[tuple[str, ClipAttributes, ClipMotion, list[str]]]:
-    """(split, attributes, motion, captions) for every video; deterministic for the seed."""
+    """(split, attributes, motion, captions) for every video; deterministic for the seed. With twins, each
+    clip is followed by its twin."""
     rng = np.random.default_rng(options.seed)
     splits = assign_splits(rng, options)
     # Val and test clips take distinct combinations, so each of their captions
-    # names exactly one clip; train clips draw freely.
-    distinct = iter(rng.permutation(len(ALL_ATTRIBUTES)))
+    # names exactly one clip; train clips draw freely. A twin's combination differs from its clip's in
+    # direction alone: pairs take distinct combinations of the other attributes and the axis.
+    combinations = ALL_ATTRIBUTES[::2] if options.twins else ALL_ATTRIBUTES  # one direction per axis
+    distinct = iter(rng.permutation(len(combinations)))
     plan = []
     for split in splits:
         if split == "train":
-            attributes = ALL_ATTRIBUTES[rng.integers(len(ALL_ATTRIBUTES))]
+            attributes = combinations[rng.integers(len(combinations))]
             templates = CAPTION_TEMPLATES[:TRAIN_CAPTIONS]
         else:
-            attributes = ALL_ATTRIBUTES[next(distinct)]
+            attributes = combinations[next(distinct)]
             templates = [CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]]
         num_frames = int(rng.integers(options.min_frames, options.max_frames + 1))
         radius = SIZES[attributes.size] * options.height
         motion = draw_motion(rng, attributes.direction, radius, num_frames, options.width, options.height)
         plan.append((split, attributes, motion, [attributes.caption(t) for t in templates]))
+        if options.twins:
+            twin = replace(attributes, direction=OPPOSITE[attributes.direction])
+            backwards = ClipMotion(motion.end, motion.start, motion.num_frames)
+            plan.append((split, twin, backwards, [twin.caption(t) for t in templates]))
     return plan
 
 
@@ -306,7 +339,7 @@ def make_synthetic_dataset(
     out_dir = Path(out_dir)
     manifest = out_dir / MANIFEST_FILE
     owns = (VIDEOS_DIR, MANIFEST_FILE, EARLIER_RECORD)
-    stage = Stage("synth", out_dir, sha256_json(asdict(options)), asdict(options), owns=owns)
+    stage = Stage("synth", out_dir, sha256_json(options.params()), options.params(), owns=owns)
     with locked(stage):
         decision = decide(stage, force)
         if not decision.run:
@@ -320,9 +353,11 @@ def make_synthetic_dataset(
         for number, (split, attributes, motion, captions) in enumerate(plan_dataset(options)):
             video_id = f"synth{number:05d}"
             relative = f"{VIDEOS_DIR}/{video_id}.mp4"
+            group = {"group": f"twins{number // 2:05d}"} if options.twins else {}
             records.append(
-                {"video_id": video_id, "path": relative, "split": split, "captions": captions, **asdict(attributes)}
-            )
+                {"video_id": video_id, "path": relative, "split": split, "captions": captions,
+                 **asdict(attributes), **group}
+            )  # fmt: skip
             jobs.append((out_dir / relative, attributes, motion, options))
         # One encoder per core; each clip's bytes depend only on its own job.
         context = multiprocessing.get_context("forkserver")

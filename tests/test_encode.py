@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pipeline.encode.checkpoint import LAST_CHECKPOINT, load_model, model_state, read_checkpoint, save_checkpoint
 from pipeline.encode.distributed import World
 from pipeline.encode.embed import EmbedOptions, embed
+from pipeline.encode.loss import DualLoss
 from pipeline.encode.model import create_clip4clip
 from pipeline.encode.reader import FrameStore, prefetch_batches
 from pipeline.encode.train import (
@@ -29,7 +30,6 @@ from pipeline.encode.train import (
     available_recipes,
     epoch_order,
     load_recipe,
-    make_loss,
     make_recipe,
     micro_batches,
     train,
@@ -89,7 +89,7 @@ def relative_update_differences(options: TrainOptions, a: dict, b: dict) -> dict
 
 
 def test_loss_equals_symmetric_infonce_computed_directly():
-    """open_clip's ClipLoss, as training builds it, is CLIP's symmetric cross-entropy."""
+    """open_clip's ClipLoss, as DualLoss calls it, is CLIP's symmetric cross-entropy."""
     generator = torch.Generator().manual_seed(0)
     videos = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)
     texts = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)
@@ -99,10 +99,27 @@ def test_loss_equals_symmetric_infonce_computed_directly():
     for row in range(5):  # -log softmax of the matching pair, both directions
         expected += -torch.log_softmax(logits[row], 0)[row] - torch.log_softmax(logits[:, row], 0)[row]
     expected /= 2 * 5
-    loss = make_loss(_one())(videos, texts, scale)
+    loss = DualLoss(_one())([(videos, texts, scale)], 0, True)
     assert torch.allclose(loss, expected, atol=1e-6)
     # Matching pairs scored higher make it smaller.
-    assert make_loss(_one())(videos, videos, scale) < loss
+    assert DualLoss(_one())([(videos, videos, scale)], 0, True) < loss
+
+
+def test_a_group_keeps_its_videos_kth_captions_together_and_no_group_shuffles_as_before():
+    from pipeline.encode.train import batch_units
+    from pipeline.manifest import ManifestEntry
+
+    def entry(video_id, group=None):
+        return ManifestEntry(video_id, Path(video_id), "train", ("a", "b", "c"), group)
+
+    units = batch_units([entry("x", "g"), entry("y"), entry("z", "g")])
+    assert [unit.tolist() for unit in units] == [[0, 6], [1, 7], [2, 8], [3], [4], [5]]
+    order = epoch_order(5, 2, units)
+    assert sorted(order.tolist()) == list(range(9))
+    for first, second in ((0, 6), (1, 7), (2, 8)):
+        assert abs(order.tolist().index(first) - order.tolist().index(second)) == 1
+    plain = batch_units([entry("x"), entry("y")])
+    assert epoch_order(5, 2, plain).tolist() == np.random.default_rng([5, 2]).permutation(6).tolist()
 
 
 def test_micro_batches_split_the_global_batch_by_step_then_rank():
@@ -520,7 +537,7 @@ def test_training_reads_train_view_epoch_mod_k(decoded_variants, tmp_path):
         batches = trainer.epoch_batches()
         frames, _ = next(batches)
         batches.close()
-        order = epoch_order(0, epoch, len(trainer.video_ids))[:4]
+        order = epoch_order(0, epoch, trainer.units)[:4]
         ids = [trainer.video_ids[i] for i in order]
         expected = np.stack([trainer.store.read(video_id, epoch % 3) for video_id in ids])
         assert np.array_equal(frames.frames.numpy(), expected)

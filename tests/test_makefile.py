@@ -70,7 +70,8 @@ def test_without_a_dataset_the_cpu_defaults_remain():
     assert demo[2].endswith(
         "vidret decode data/synthetic/manifest.jsonl --out runs/demo/frames --frames 4 --size 112 --short-side 112"
     )
-    assert "--model vidret-tiny --pretrained none --head seqTransf --recipe demo" in demo[3]
+    demo_train = "--model vidret-tiny --pretrained none --head seqTransf --linear-patch 3d --recipe demo --epochs 32"
+    assert demo_train in demo[3]
     assert not any("--dataset" in command for command in demo)
 
 

@@ -52,6 +52,8 @@ def test_video_root_replaces_the_manifest_folder_for_relative_paths(tmp_path):
         ({**GOOD, "video_id": "v2", "captions": ["ok", "  "]}, "empty or non-string caption"),
         ({**GOOD, "video_id": "v2", "captions": [""]}, "empty or non-string caption"),
         ({**GOOD, "video_id": "v2", "captions": [3]}, "empty or non-string caption"),
+        ({**GOOD, "video_id": "v2", "group": 7}, "'group' must be a non-empty string (or left out), got 7"),
+        ({**GOOD, "video_id": "v2", "group": " "}, "'group' must be a non-empty string"),
     ],
 )
 def test_a_bad_line_names_the_file_the_line_and_the_problem(tmp_path, bad_line, problem):

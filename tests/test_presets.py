@@ -202,8 +202,8 @@ def test_every_cli_default_is_the_library_s():
     assert assert_cli_defaults_are_the_library_s("train", cli.encode_train, TrainOptions, {"recipe": "recipe_name"})
     assert assert_cli_defaults_are_the_library_s("embed", cli.encode_embed, EmbedOptions) >= 10
     # IndexOptions' module imports torch: the CLI and IndexOptions both read pipeline/defaults.py.
-    assert assert_cli_defaults_are_the_library_s("index", cli.index, IndexOptions) == 11
-    assert assert_cli_defaults_are_the_library_s("synth", cli.synth, SynthOptions) == 2
+    assert assert_cli_defaults_are_the_library_s("index", cli.index, IndexOptions) == 13
+    assert assert_cli_defaults_are_the_library_s("synth", cli.synth, SynthOptions) == 3
     assert assert_cli_defaults_are_the_library_s("collection", cli.collection, CollectionOptions) >= 4
     # One model default: ModelSpec's, the factory's, TrainOptions' and EmbedOptions'. (The factory's
     # force_quick_gelu None decides from the tag; ModelSpec records what was decided.)

@@ -20,7 +20,11 @@ SMALL = {
     "pretrained": "none",
     "train": {"recipe": "demo", "epochs": 2, "batch_size": 8},
     "seed": 1,
-    "runs": [{"name": "meanP", "head": "meanP"}, {"name": "meanP-3d", "head": "meanP", "linear_patch": "3d"}],
+    "runs": [
+        {"name": "meanP", "head": "meanP"},
+        {"name": "meanP-3d", "head": "meanP", "linear_patch": "3d"},
+        {"name": "tightTransf", "head": "tightTransf", "init_from": "meanP", "rerank": "meanP"},
+    ],
 }
 
 
@@ -38,7 +42,7 @@ def test_every_shipped_study_loads_and_every_run_can_be_built():
     clip4clip = load_study("clip4clip")
     assert {(run.head, run.linear_patch) for run in clip4clip.runs} == {
         (head, patch) for head in ("meanP", "seqLSTM", "seqTransf") for patch in ("2d", "3d")
-    }
+    } | {("tightTransf", "2d")}
 
 
 @pytest.mark.parametrize(
@@ -55,6 +59,10 @@ def test_every_shipped_study_loads_and_every_run_can_be_built():
         ({"runs": [{"name": "frames", "head": "meanP"}]}, "'frames' is the study's frames folder"),
         ({"runs": [{"name": "../up", "head": "meanP"}]}, "must be a folder name"),
         ({"runs": [{"name": "a", "head": "meanP", "lr": 1}]}, "unexpected keyword argument 'lr'"),
+        ({"runs": [{"name": "a", "head": "tightTransf"}]}, "run a: a pair head (tightTransf) needs rerank"),
+        ({"runs": [{"name": "a", "head": "meanP", "rerank": "a"}]}, "run a: rerank 'a' is not a run listed before"),
+        ({"runs": [{"name": "a", "head": "meanP", "init_from": "b"}, {"name": "b", "head": "meanP"}]},
+         "run a: init_from 'b' is not a run listed before it"),
     ],
 )  # fmt: skip
 def test_a_bad_study_file_is_a_one_line_error(tmp_path, changes, needle):
@@ -75,30 +83,40 @@ def test_a_small_study_runs_every_configuration_and_a_second_one_trains_nothing(
     out = tmp_path / "study"
     lines = []
     summary = run_study(StudyOptions(study=write_study(tmp_path), out=out, device="cpu", progress=False), lines.append)
-    assert (summary.runs, summary.trained) == (2, 2)
+    assert (summary.runs, summary.trained) == (3, 3)
     words = [line.split()[:2] for line in lines]  # each stage's summary line, a run's after its name
     assert [first for first, _ in words[:2]] == ["synth:", "decode:"]
     assert words[2:] == [
         [f"{run}:", f"{stage}:"] for run in ("meanP", "meanP-3d") for stage in ("train", "embed", "index")
-    ]
+    ] + [["tightTransf:", "train:"], ["tightTransf:", "index:"]]
     record = json.loads((out / "study.json").read_text())
-    assert record["file"] == SMALL and [run["name"] for run in record["runs"]] == ["meanP", "meanP-3d"]
-    for run in record["runs"]:
+    assert record["file"] == SMALL and [run["name"] for run in record["runs"]] == ["meanP", "meanP-3d", "tightTransf"]
+    for run in record["runs"][:2]:
         assert run["metrics"] == json.loads((out / run["name"] / "index" / "metrics.json").read_text())
         assert json.loads((out / run["name"] / "model" / "stage.json").read_text())["params"]["seed"] == 1
+    # The re-ranker's row: its re-ranking of meanP's index, from the model meanP's checkpoint started.
+    reranked = json.loads((out / "tightTransf" / "index" / "metrics.json").read_text())
+    assert reranked["t2v"] == record["runs"][0]["metrics"]["t2v"]
+    assert record["runs"][2]["metrics"]["t2v"] == reranked["rerank"]["t2v"] != reranked["t2v"]
+    tight_record = json.loads((out / "tightTransf" / "model" / "stage.json").read_text())
+    assert tight_record["init_from"]["loaded"] == "towers; a new tightTransf head"
     assert json.loads((out / "meanP-3d" / "model" / "stage.json").read_text())["params"]["linear_patch"] == "3d"
     table = (out / "study.md").read_text()
     meanp = record["runs"][0]["metrics"]
     expected_row = f"| meanP | {meanp['t2v']['R@1']:.1f} | {meanp['t2v']['R@5']:.1f} |"
     assert table.startswith("| method | t2v R@1 |") and expected_row in table, table
     assert "| meanP-3d + DSL |" in table and "vidret-micro" in table
+    assert (
+        "| tightTransf (re-ranking meanP's top 50) |" in table
+        and "| tightTransf (re-ranking meanP's top 50) + DSL" not in table
+    )
     assert (out / "study.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     lines.clear()
     again = run_study(StudyOptions(study=write_study(tmp_path), out=out, device="cpu", progress=False), lines.append)
-    assert sum("skipped" in line for line in lines) == 8, lines
+    assert sum("skipped" in line for line in lines) == 10, lines
     assert again.trained == 0 and json.loads((out / "study.json").read_text()) == record
-    assert "2 runs (0 trained, 2 up to date)" in again.line()
+    assert "3 runs (0 trained, 3 up to date)" in again.line()
 
 
 def test_the_command_refuses_an_unknown_study_in_one_line(tmp_path):

@@ -103,6 +103,38 @@ def test_decoded_clips_move_in_the_captioned_direction(dataset):
         assert travel[0] * dx + travel[1] * dy > 5, (record["captions"][0], travel)
 
 
+def test_twins_are_one_clip_played_backwards_in_one_split_and_group(tmp_path):
+    """--twins: each clip's twin has its attributes but the opposite direction, its frames in reverse order
+    (decoded: the same up to the codec), its split, its caption templates and its group; pairs in the
+    held-out splits take distinct combinations of the other attributes and the axis. Without --twins, the
+    stage's parameters are as before, so datasets made before twins stay up to date."""
+    options = SynthOptions(**{**vars(SMALL), "twins": True})
+    summary = make_synthetic_dataset(tmp_path, options, progress=False)
+    records = [json.loads(line) for line in summary.manifest.read_text().splitlines()]
+    assert summary.splits == {"train": 14, "val": 2, "test": 4}
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    held_out = set()
+    for clip, twin in zip(records[::2], records[1::2], strict=True):
+        assert twin["direction"] == opposite[clip["direction"]] and clip["group"] == twin["group"]
+        assert {k: v for k, v in clip.items() if k not in ("video_id", "path", "direction", "captions")} == {
+            k: v for k, v in twin.items() if k not in ("video_id", "path", "direction", "captions")
+        }
+        assert [f"{c} ".replace(f" {clip['direction']} ", " X ") for c in clip["captions"]] == [
+            f"{c} ".replace(f" {twin['direction']} ", " X ") for c in twin["captions"]
+        ]
+        spec = FrameSpec(num_frames=6, size=64, short_side=64)
+        forward, backward = (read_video(tmp_path / r["path"], spec).frames.astype(int) for r in (clip, twin))
+        assert 2 * np.abs(forward[::-1] - backward).mean() < np.abs(forward - backward).mean()
+        if clip["split"] != "train":
+            axis = clip["direction"] in ("left", "right")
+            held_out.add((clip["colour"], clip["shape"], clip["size"], clip["background"], axis))
+    assert len(held_out) == sum(1 for r in records[::2] if r["split"] != "train")
+    assert "twins" not in json.loads((make_synthetic_dataset(tmp_path / "plain", SMALL, progress=False)
+                                      .manifest.parent / "stage.json").read_text())["params"]  # fmt: skip
+    with pytest.raises(VidretError, match=r"--twins makes clips in pairs: --videos must be even, got 21"):
+        SynthOptions(videos=21, twins=True)
+
+
 def test_too_many_held_out_videos_is_an_error():
     with pytest.raises(VidretError, match="distinct val and test clips"):
         SynthOptions(videos=5 * len(ALL_ATTRIBUTES))

@@ -25,7 +25,15 @@ from tqdm import tqdm
 from pipeline import defaults
 from pipeline.encode.checkpoint import load_model, read_checkpoint
 from pipeline.encode.distributed import World, barrier, broadcast_decision, close_world, gather_to_all, init_world
-from pipeline.encode.model import CLIP4Clip, ModelSpec, check_model_choice, create_clip4clip
+from pipeline.encode.model import (
+    CLIP4Clip,
+    ModelSpec,
+    PairFeatures,
+    check_model_choice,
+    create_clip4clip,
+    every_real_frame,
+    score_matrix,
+)
 from pipeline.encode.reader import (
     FrameStore,
     VideoSelection,
@@ -36,7 +44,7 @@ from pipeline.encode.reader import (
 from pipeline.errors import VidretError, check_number, check_paths
 from pipeline.files import sha256_file, sha256_json, write_parquet
 from pipeline.manifest import ManifestEntry, read_manifest, select_split
-from pipeline.metrics import retrieval_metrics
+from pipeline.metrics import retrieval_metrics, score_matrix_metrics
 from pipeline.schemas import TEXTS_FILE, TEXTS_SCHEMA, VIDEOS_FILE, VIDEOS_SCHEMA
 from pipeline.stage import (
     Stage,
@@ -99,6 +107,28 @@ def _gather_in_order(rows: list[torch.Tensor], world: World, total: int, dim: in
     return out
 
 
+@torch.no_grad()
+def pair_features(
+    model: CLIP4Clip, store: FrameStore, units: list[tuple[str, int]], tokens: torch.Tensor, batch_size: int = 64,
+    threads: int = 4,
+) -> PairFeatures:  # fmt: skip
+    """What a pair head scores, for ``units`` (``FrameStore.clip_units``) and tokenised captions, in order, on
+    the model's device."""
+    batches = (units[start : start + batch_size] for start in range(0, len(units), batch_size))
+    frames, frame_masks = [], []
+    for batch in prefetch_batches(store, batches, threads=threads, pin_memory=model.pixel_mean.device.type == "cuda"):
+        with model.autocast():
+            frames.append(model.encode_frames(batch.frames))
+        frame_masks.append(every_real_frame(batch.frame_mask, frames[-1]))
+    texts, text_masks = [], []
+    for start in range(0, len(tokens), batch_size):
+        with model.autocast():
+            text, text_mask = model.encode_text_tokens(tokens[start : start + batch_size])
+        texts.append(text.float())
+        text_masks.append(text_mask)
+    return PairFeatures(torch.cat(texts), torch.cat(text_masks), torch.cat(frames), torch.cat(frame_masks))
+
+
 def caption_pairs(entries: list[ManifestEntry]) -> tuple[list[str], list[str]]:
     """(video_id, caption) for every caption of every entry, in manifest order."""
     pairs = [(entry.video_id, caption) for entry in entries for caption in entry.captions]
@@ -121,15 +151,21 @@ def evaluate(
     was_training = model.training
     model.eval()
     video_ids = [entry.video_id for entry in entries]
-    videos = embed_videos(model, store, store.clip_units(video_ids), world, batch_size, threads)
     text_video_ids, _ = caption_pairs(entries)
+    row_of = {video_id: row for row, video_id in enumerate(video_ids)}
+    text_video_index = np.array([row_of[video_id] for video_id in text_video_ids])
+    if model.scores_pairs:  # every caption against every video: a pair head has no embeddings to rank
+        # Every rank scores the whole split: validation sets are small, and the ranks need no gathering.
+        features = pair_features(model, store, store.clip_units(video_ids), tokens, batch_size, threads)
+        with torch.no_grad():
+            scores = score_matrix(model.head, features)
+        model.train(was_training)
+        return score_matrix_metrics(scores, text_video_index)
+    videos = embed_videos(model, store, store.clip_units(video_ids), world, batch_size, threads)
     texts = embed_texts(model, tokens, world)
     model.train(was_training)
-    row_of = {video_id: row for row, video_id in enumerate(video_ids)}
     clips_per_video = [len(store.clips(video_id)) for video_id in video_ids]
-    return retrieval_metrics(
-        texts, videos, np.array([row_of[video_id] for video_id in text_video_ids]), clips_per_video=clips_per_video
-    )
+    return retrieval_metrics(texts, videos, text_video_index, clips_per_video=clips_per_video)
 
 
 def check_frame_size(model: CLIP4Clip, shape: tuple[int, ...], frames_dir: Path) -> None:
@@ -241,6 +277,12 @@ def load_embedding_model(source: dict) -> tuple[CLIP4Clip, int | None]:
     """The model ``source`` (from ``model_source``) describes, and its training epoch if it is a checkpoint."""
     if source["checkpoint"] is not None:
         model, payload = load_model(source["checkpoint"])
+        if model.scores_pairs:
+            raise VidretError(
+                f"{source['checkpoint']}: a {model.spec.head} checkpoint scores (caption, video) pairs and makes no"
+                " embeddings; embed with a dual encoder's (meanP, seqLSTM, seqTransf) and re-rank its index with"
+                f" `vidret index --rerank {source['checkpoint']}`"
+            )
         return model, payload.get("epoch")
     torch.manual_seed(0)  # --pretrained none: the same random weights on every rank and every run
     model = create_clip4clip(

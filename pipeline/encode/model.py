@@ -16,6 +16,7 @@ import copy
 import difflib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +31,10 @@ from pipeline.errors import VidretError, first_line
 
 open_clip.add_model_config(Path(__file__).with_name("model_configs"))
 
-HEADS = ("meanP", "seqLSTM", "seqTransf")
+HEADS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
+# Heads that score a (caption, video) pair jointly instead of embedding each: they give no video embedding,
+# and rank by re-scoring a dual encoder's candidates (``vidret index --rerank``).
+PAIR_HEADS = ("tightTransf",)
 # CLIP4Clip's --linear_patch: 2d embeds each frame's patches alone; 3d embeds a patch across the frame and
 # its neighbours (a kernel 3 frames deep), started as the 2d patch on the centre frame.
 LINEAR_PATCHES = ("2d", "3d")
@@ -38,6 +42,13 @@ TEMPORAL_PATCH_FRAMES = 3
 SEQ_TRANSFORMER_LAYERS = 4  # CLIP4Clip's seqTransf copies the first 4 layers of the text transformer
 # CLIP4Clip's seqTransf blocks use its TF-style LayerNorm (epsilon 1e-12), not CLIP's 1e-5.
 SEQ_TRANSFORMER_NORM_EPS = 1e-12
+# tightTransf's cross transformer, CLIP4Clip's "cross-base": 4 layers, 64-wide attention heads, MLP 4x the
+# width, weights drawn from N(0, 0.02) as BERT's are.
+CROSS_LAYERS = 4
+CROSS_HEAD_WIDTH = 64
+CROSS_INIT_STD = 0.02
+# (caption, video) pairs a cross transformer scores in one pass: bounds its activations' memory.
+PAIRS_PER_PASS = 4096
 # fp32; amp: bf16 autocast on CUDA (full precision on the CPU); fp16: OpenAI's CLIP in half precision
 # (convert_weights: linear, convolution and attention weights in fp16, norms and embeddings in fp32).
 PRECISIONS = ("fp32", "amp", "fp16")
@@ -161,6 +172,106 @@ class SequenceTransformer(nn.Module):
         return hidden + frame_features
 
 
+class CrossTransformer(nn.Module):
+    """tightTransf: a transformer over a caption's token features and a video's frame features together,
+    read out as one score for the pair.
+
+    The caption's tokens (SOT to EOT, each projected into the embedding space as CLIP projects its EOT
+    feature) and the frames (projected CLS features) enter as one sequence, told apart by a learnt
+    modality embedding; frames also get a frame position embedding (the tokens carry the text tower's
+    positions already). Padding tokens and padded frames are masked as keys. The score is read from the
+    SOT position, which under CLIP's causal mask holds the same feature for every caption, so that it
+    serves as the sequence's summary token: a pooler (linear and tanh, as BERT's) and a linear layer.
+    """
+
+    def __init__(self, width: int, max_frames: int):
+        super().__init__()
+        self.max_frames = max_frames
+        self.modality_embeddings = nn.Embedding(2, width)  # 0: caption tokens, 1: frames
+        self.frame_position_embeddings = nn.Embedding(max_frames, width)
+        layer = nn.TransformerEncoderLayer(
+            width, max(1, width // CROSS_HEAD_WIDTH), 4 * width, dropout=0.0, activation="gelu",
+            batch_first=True, norm_first=True,
+        )  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, CROSS_LAYERS, norm=nn.LayerNorm(width), enable_nested_tensor=False)
+        self.pooler = nn.Linear(width, width)
+        self.score = nn.Linear(width, 1)
+        # TransformerEncoder copies one layer: drawn afresh, its layers start apart.
+        for name, parameter in self.named_parameters():
+            if parameter.dim() > 1:
+                nn.init.normal_(parameter, std=CROSS_INIT_STD)
+            elif name.endswith("bias"):
+                nn.init.zeros_(parameter)
+
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One score per row: ``text`` P×L×D with ``text_mask`` P×L (True for real tokens), ``frames`` P×T×D
+        with ``frame_mask`` P×T (True for real frames)."""
+        num_frames = frames.shape[1]
+        if num_frames > self.max_frames:
+            raise VidretError(f"tightTransf has position embeddings for {self.max_frames} frames; got {num_frames}")
+        text = text + self.modality_embeddings.weight[0]
+        frames = frames + self.modality_embeddings.weight[1] + self.frame_position_embeddings.weight[:num_frames]
+        hidden = self.encoder(
+            torch.cat([text, frames], dim=1), src_key_padding_mask=~torch.cat([text_mask, frame_mask], dim=1)
+        )
+        return self.score(torch.tanh(self.pooler(hidden[:, 0]))).squeeze(-1)
+
+
+@dataclass
+class PairFeatures:
+    """What a pair head scores: the captions' token features and the videos' frame features, with masks."""
+
+    text: torch.Tensor  # Nt×L×D float32
+    text_mask: torch.Tensor  # Nt×L bool: SOT to EOT
+    frames: torch.Tensor  # Nv×T×D float32
+    frame_mask: torch.Tensor  # Nv×T bool: sampled frames
+
+    def trimmed(self) -> PairFeatures:
+        """Token positions past every caption's EOT left out: masked anyway, they would only cost time."""
+        length = int(self.text_mask.sum(dim=1).max())
+        return PairFeatures(self.text[:, :length], self.text_mask[:, :length], self.frames, self.frame_mask)
+
+
+def every_real_frame(frame_mask: torch.Tensor | None, frame_features: torch.Tensor) -> torch.Tensor:
+    """A batch's frame mask on its features' device; all True where the batch has none (no padded frame)."""
+    if frame_mask is None:
+        return torch.ones(frame_features.shape[:2], dtype=torch.bool, device=frame_features.device)
+    return frame_mask.to(frame_features.device)
+
+
+def score_pair_rows(
+    head: nn.Module, features: PairFeatures, captions: torch.Tensor, videos: torch.Tensor,
+    on_pass: Callable[[int], object] = lambda pairs: None,
+) -> torch.Tensor:  # fmt: skip
+    """``head``'s score of each pair (``captions[i]``, ``videos[i]``), rows of ``features``, in passes of at
+    most ``PAIRS_PER_PASS`` pairs (``on_pass`` is called with each pass's number of pairs)."""
+    features = features.trimmed()
+    scores = []
+    for start in range(0, len(captions), PAIRS_PER_PASS):
+        text_rows, video_rows = captions[start : start + PAIRS_PER_PASS], videos[start : start + PAIRS_PER_PASS]
+        scores.append(
+            head(
+                features.text[text_rows],
+                features.text_mask[text_rows],
+                features.frames[video_rows],
+                features.frame_mask[video_rows],
+            )  # fmt: skip
+        )
+        on_pass(len(text_rows))
+    return torch.cat(scores) if scores else features.text.new_zeros(0)
+
+
+def score_matrix(head: nn.Module, features: PairFeatures) -> torch.Tensor:
+    """Every caption against every video: the Nt×Nv matrix of ``head``'s pair scores."""
+    num_texts, num_videos = len(features.text), len(features.frames)
+    device = features.text.device
+    captions = torch.arange(num_texts, device=device).repeat_interleave(num_videos)
+    videos = torch.arange(num_videos, device=device).repeat(num_texts)
+    return score_pair_rows(head, features, captions, videos).view(num_texts, num_videos)
+
+
 class CLIP4Clip(nn.Module):
     """Video and text towers with a shared embedding space.
 
@@ -235,6 +346,32 @@ class CLIP4Clip(nn.Module):
             pooled = (frame_features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         return F.normalize(pooled, dim=-1)
 
+    @property
+    def scores_pairs(self) -> bool:
+        """Whether the head scores (caption, video) pairs (tightTransf) rather than pooling a video embedding."""
+        return self.spec.head in PAIR_HEADS
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's feature, ``N×L×D`` float32, projected as CLIP projects the EOT one (the EOT row is
+        ``encode_text``'s feature before its normalisation); and the mask of the real tokens, SOT to EOT."""
+        tokens = tokens.to(self.pixel_mean.device, non_blocking=True)
+        clip = self.clip
+        cast_dtype = clip.transformer.get_cast_dtype()
+        hidden = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
+        hidden = clip.ln_final(clip.transformer(hidden, attn_mask=clip.attn_mask))
+        projection = clip.text_projection
+        features = projection(hidden) if isinstance(projection, nn.Linear) else hidden @ projection
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return features.float(), positions <= tokens.argmax(dim=-1, keepdim=True)  # CLIP's EOT: the largest id
+
+    def pair_features(
+        self, frames: torch.Tensor, tokens: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> PairFeatures:
+        """What a pair head scores, from uint8 frames and token ids."""
+        frame_features = self.encode_frames(frames)
+        text, text_mask = self.encode_text_tokens(tokens)
+        return PairFeatures(text, text_mask, frame_features, every_real_frame(frame_mask, frame_features))
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """The text tower's EOT feature, L2-normalised, float32."""
         features = self.clip.encode_text(tokens.to(self.pixel_mean.device, non_blocking=True))
@@ -253,6 +390,9 @@ class CLIP4Clip(nn.Module):
             self.clip.logit_scale.clamp_(max=math.log(max_scale))
 
     def forward(self, frames: torch.Tensor, tokens: torch.Tensor, frame_mask: torch.Tensor | None = None):
+        """A dual encoder's (video embeddings, text embeddings, logit scale); a pair head's ``PairFeatures``."""
+        if self.scores_pairs:
+            return self.pair_features(frames, tokens, frame_mask)
         # Returning the scale from forward lets DDP see every parameter used in the step.
         return self.encode_video(frames, frame_mask), self.encode_text(tokens), self.logit_scale()
 
@@ -370,7 +510,20 @@ def text_transformer_parts(clip: nn.Module) -> tuple[torch.Tensor, list[nn.Modul
     return text.positional_embedding, list(blocks), transformer.width
 
 
+def check_token_features(clip: nn.Module) -> None:
+    """tightTransf reads every token of the text tower: open_clip's CLIP class, pooled at the EOT (argmax)."""
+    if not isinstance(clip, open_clip.model.CLIP) or getattr(clip, "text_pool_type", None) != "argmax":
+        raise VidretError(
+            "tightTransf reads every caption token from open_clip's own text transformer (the CLIP class, pooled"
+            f" at EOT); this model's is {type(clip).__name__} (use meanP, seqLSTM or seqTransf)"
+        )
+
+
 def create_head(name: str, clip: nn.Module, embed_dim: int) -> nn.Module:
+    if name == "tightTransf":
+        check_token_features(clip)
+        # As many frame positions as seqTransf has (the text tower's context length).
+        return CrossTransformer(embed_dim, clip.positional_embedding.shape[0])
     if name == "meanP":
         return MeanPooling()
     if name == "seqLSTM":
@@ -415,6 +568,8 @@ def create_clip4clip(
         )
     if linear_patch == "3d":  # check_linear_patch has made sure the tower is a ViT, whose conv1 is the patch
         clip.visual.conv1 = TemporalPatchEmbedding(clip.visual.conv1)
+    if head in PAIR_HEADS:  # a pair head's score has no temperature: left as it is, the scale gets no gradient
+        clip.logit_scale.requires_grad_(False)
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     embed_dim = clip.visual.output_dim
     spec = ModelSpec(

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -40,6 +39,7 @@ from pipeline.encode.checkpoint import (
 )
 from pipeline.encode.distributed import World, barrier, broadcast_decision, close_world, init_world
 from pipeline.encode.embed import caption_pairs, check_frame_size, evaluate
+from pipeline.encode.loss import make_loss
 from pipeline.encode.model import check_model_choice, check_precision, create_clip4clip
 from pipeline.encode.optim import (
     NO_DECAY_RULES,
@@ -53,7 +53,7 @@ from pipeline.encode.optim import (
 from pipeline.encode.reader import FrameBatch, FrameStore, frames_and_manifest, prefetch_batches, select_videos
 from pipeline.errors import VidretError, check_number, check_paths, first_line, number_problem
 from pipeline.files import sha256_file, sha256_json, write_json
-from pipeline.manifest import read_manifest
+from pipeline.manifest import ManifestEntry, read_manifest
 from pipeline.stage import (
     Decision,
     Stage,
@@ -323,13 +323,28 @@ class TrainSummary:
         )
 
 
-def make_loss(world: World) -> ClipLoss:
-    """Symmetric InfoNCE over the global batch: features are all-gathered with their gradients."""
-    return ClipLoss(gather_with_grad=True, cache_labels=True, rank=world.rank, world_size=world.size)
+def epoch_order(seed: int, epoch: int, units: list[np.ndarray]) -> np.ndarray:
+    """The samples of an epoch: the ``units`` (``batch_units``) in a permutation drawn from (seed, epoch)."""
+    return np.concatenate([units[i] for i in np.random.default_rng([seed, epoch]).permutation(len(units))])
 
 
-def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+def batch_units(entries: list[ManifestEntry]) -> list[np.ndarray]:
+    """The samples (every caption of ``entries``, in order) that an epoch keeps together: the k-th captions of
+    a group's videos (the manifest's ``group``) form one unit, as one another's hard negatives; every other
+    sample is a unit of its own, so that a manifest without groups is shuffled sample by sample."""
+    units, by_group = [], {}
+    sample = 0
+    for entry in entries:
+        for number in range(len(entry.captions)):
+            if entry.group is None:
+                units.append([sample])
+            elif (entry.group, number) in by_group:
+                by_group[entry.group, number].append(sample)
+            else:
+                by_group[entry.group, number] = [sample]
+                units.append(by_group[entry.group, number])
+            sample += 1
+    return [np.array(unit) for unit in units]
 
 
 def micro_batches(batch: np.ndarray, accum_steps: int, world: World) -> list[np.ndarray]:
@@ -396,6 +411,7 @@ class Trainer:
         train = select_videos(self.store, manifest, split["train"])
         self.val = select_videos(self.store, manifest, split["val"]).entries
         self.video_ids = [entry.video_id for entry in train.entries for _ in entry.captions]
+        self.units = batch_units(train.entries)
         captions = [caption for entry in train.entries for caption in entry.captions]
         self._check_batching(len(captions))
         self.train_views = self.store.shared_num_views(entry.video_id for entry in train.entries)
@@ -428,7 +444,7 @@ class Trainer:
             self.optimizer,
             lambda step: lr_factor(step, self.total_steps, recipe.schedule, recipe.warmup, recipe.warmup_start),
         )
-        self.loss = make_loss(world)
+        self.loss = make_loss(self.model, world)
         self.network: nn.Module = self.model
         if world.distributed:
             self.network = DistributedDataParallel(
@@ -540,18 +556,14 @@ class Trainer:
 
         if len(batches) > 1:
             with torch.no_grad():
-                cached = [forward(batch, tokens)[:2] for batch, tokens in batches]
+                cached = [forward(batch, tokens) for batch, tokens in batches]
         for index, (batch, tokens) in enumerate(batches):
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.world.distributed else network.no_sync()
             with sync:
-                videos, texts, scale = forward(batch, tokens)
-                if len(batches) > 1:
-                    videos = torch.cat([videos if i == index else video for i, (video, _) in enumerate(cached)])
-                    texts = torch.cat([texts if i == index else text for i, (_, text) in enumerate(cached)])
-                    # Each micro-batch sees the whole loss; the scale's gradient must be counted once.
-                    scale = scale if last else scale.detach()
-                loss = self.loss(videos.float(), texts.float(), scale.float())
+                outputs = forward(batch, tokens)
+                parts = [outputs] if len(batches) == 1 else [*cached[:index], outputs, *cached[index + 1 :]]
+                loss = self.loss(parts, index, last)
                 loss.backward()
         return loss.detach()
 
@@ -560,7 +572,7 @@ class Trainer:
 
         With train views (``vidret decode --train-views K``), epoch e reads view e mod K: every epoch sees
         other frames, as MMAction2's train-mode sampling draws them afresh."""
-        order = epoch_order(self.options.seed, self.epoch, len(self.video_ids))
+        order = epoch_order(self.options.seed, self.epoch, self.units)
         batch = self.recipe.batch_size
         parts = [
             part

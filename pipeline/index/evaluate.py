@@ -35,6 +35,7 @@ from pipeline.index.faiss_index import (
     write_index,
 )
 from pipeline.index.reader import Embeddings, read_embeddings
+from pipeline.index.rerank import Reranker, make_reranker, rerank
 from pipeline.manifest import read_manifest
 from pipeline.metrics import RECALL_AT, GroundTruthRanks, ground_truth_ranks, summarize_ranks
 from pipeline.schemas import (
@@ -77,9 +78,16 @@ class IndexOptions:
     index_memory: int | None = None  # bytes auto's index may take; None: a quarter of the physical memory
     recall: float = defaults.INDEX_RECALL  # recall@10 an approximate index's search is tuned to reach
     seed: int = defaults.INDEX_SEED  # an approximate index's training and tuning samples
+    rerank: Path | None = None  # a pair head's checkpoint (tightTransf), re-scoring each query's top rerank_k
+    rerank_k: int = defaults.RERANK_K
 
     def __post_init__(self) -> None:
         check_number("--top-k", self.top_k, integer=True, at_least=1)
+        check_number("--rerank-k", self.rerank_k, integer=True, at_least=1)
+        if self.rerank is not None:
+            check_path(self.rerank, "--rerank checkpoint")
+            if not Path(self.rerank).is_file():
+                raise VidretError(f"--rerank {shown_path(self.rerank)}: no such checkpoint")
         if not isinstance(self.index, str) or not self.index.strip():
             raise VidretError(f"--index must be flat, auto or a FAISS index_factory string, got {self.index!r}")
         check_number("--recall", self.recall, above=0, at_most=1)
@@ -146,9 +154,14 @@ class IndexSummary:
             if absent
             else ""
         )
+        reranked = (
+            f" (re-ranked top {metrics['rerank']['k']}: R@1 {metrics['rerank']['t2v']['R@1']:.1f})"
+            if "rerank" in metrics
+            else ""
+        )
         return (
             f"index: {describe_counts(metrics)} in {self.seconds:.1f} s;"
-            f" t2v R@1 {t2v['R@1']:.1f} MdR {t2v['MdR']:g} -> {self.out}"
+            f" t2v R@1 {t2v['R@1']:.1f} MdR {t2v['MdR']:g}{reranked} -> {self.out}"
             f" ({INDEX_FILE}, {ID_MAP_FILE}, {RANKS_FILE}, {METRICS_FILE}){incomplete}{self.ran_because}"
         )
 
@@ -172,8 +185,9 @@ def metrics_table(metrics: dict) -> str:
         return f"no metrics: a caption-free collection ({metrics['num_videos']} videos) has nothing to score"
     columns = [f"R@{k}" for k in RECALL_AT] + ["MdR", "MnR"]
     rows = [("text->video", metrics["t2v"]), ("video->text", metrics["v2t"])]
-    if "dsl" in metrics:
-        rows += [("text->video DSL", metrics["dsl"]["t2v"]), ("video->text DSL", metrics["dsl"]["v2t"])]
+    for name, label in (("dsl", "DSL"), ("rerank", f"rerank@{metrics.get('rerank', {}).get('k')}")):
+        if name in metrics:
+            rows += [(f"text->video {label}", metrics[name]["t2v"]), (f"video->text {label}", metrics[name]["v2t"])]
     width = max(len(name) for name, _ in rows)
     lines = [" " * width + "".join(f"{column:>8}" for column in columns)]
     lines += [name.ljust(width) + "".join(f"{values[column]:>8.1f}" for column in columns) for name, values in rows]
@@ -231,9 +245,14 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
             for name in (VIDEOS_FILE, TEXTS_FILE)
         }
     )
+    reranker = None
+    if options.rerank is not None:
+        reranker = make_reranker(options.rerank, options.rerank_k, embeddings_dir, upstream)
+    params = {**options.output_params(), **({"rerank": reranker.params()} if reranker else {})}
     dump = Path(options.dump) if options.dump is not None else None
     owns = (*OUTPUT_FILES, dump.name) if dump is not None and dump.parent.absolute() == out.absolute() else OUTPUT_FILES
-    stage = Stage("index", out, fingerprint, options.output_params(), inputs=(embeddings_dir,), owns=owns)
+    read_from = (embeddings_dir, *((reranker.frames, reranker.checkpoint.parent) if reranker else ()))
+    stage = Stage("index", out, fingerprint, params, inputs=read_from, owns=owns)
     if dump is not None:
         check_dump(dump, embeddings_dir, out)
     device = resolve_device(options.device)
@@ -243,11 +262,15 @@ def index_embeddings(embeddings_dir: Path | str, out: Path | str, options: Index
             return IndexSummary(out, decision.previous["metrics"], skip_reason=decision.reason, notes=notes)
         embeddings = read_embeddings(embeddings_dir)
         factory = index_factory(options.index, len(embeddings.videos), embeddings.dim, options.index_memory)
-        begin(stage)
-        started = time.perf_counter()
         # A caption-free collection is indexed for search only: there is no ground truth to score.
         scored = bool(embeddings.captions)
-        metrics, ranks = evaluate_ranks(embeddings, options, device) if scored else (collection_counts(embeddings), {})
+        if reranker is not None and not scored:
+            raise VidretError(f"--rerank re-ranks the captions' retrieval; {embeddings_dir} has no captions")
+        begin(stage)
+        started = time.perf_counter()
+        metrics, ranks = (
+            evaluate_ranks(embeddings, options, device, reranker) if scored else (collection_counts(embeddings), {})
+        )
         index, index_record = make_index(embeddings.videos, factory, options.recall, options.seed)
         not_embedded = (upstream.get("counts") or {}).get("skipped") or {}
         row_video_ids = embeddings.row_video_ids
@@ -306,8 +329,10 @@ def collection_counts(embeddings: Embeddings) -> dict:
     }
 
 
-def evaluate_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.device) -> tuple[dict, dict]:
-    """The metrics and every query's ground-truth rank."""
+def evaluate_ranks(
+    embeddings: Embeddings, options: IndexOptions, device: torch.device, reranker: Reranker | None = None
+) -> tuple[dict, dict]:
+    """The metrics and every query's ground-truth rank; with a ``reranker``, the re-ranked ones too."""
     ranks = compute_ranks(embeddings, options, device)
     metrics = {
         "t2v": summarize_ranks(ranks["plain"].t2v),
@@ -319,6 +344,13 @@ def evaluate_ranks(embeddings: Embeddings, options: IndexOptions, device: torch.
             "t2v": summarize_ranks(ranks["dsl"].t2v),
             "v2t": summarize_ranks(ranks["dsl"].v2t),
             "scale": options.dsl_scale,
+        }
+    if reranker is not None:
+        ranks["rerank"] = rerank(reranker, embeddings, ranks["plain"], device, progress=options.progress)
+        metrics["rerank"] = {
+            "t2v": summarize_ranks(ranks["rerank"].t2v),
+            "v2t": summarize_ranks(ranks["rerank"].v2t),
+            **reranker.record(),
         }
     return metrics, ranks
 
