@@ -1,11 +1,11 @@
 """``vidret study``: CLIP4Clip's empirical study, repeated on the built-in synthetic dataset.
 
-A study file (``pipeline/studies/*.json``, or one of your own) fixes the dataset, the frames, the model,
-the training recipe and the seed that every run shares, and lists the runs, each a head and a linear
-patch, optionally started from an earlier run's checkpoint (``init_from``, post-pretraining). A pair head
-(tightTransf) has no embeddings: its run re-ranks an earlier run's index (``rerank``). ``run_study`` writes
-the data and the frames once, then for each run trains, embeds the test split and indexes it, every stage
-through its own stage contract, so a second study skips what is done:
+A study file (``pipeline/studies/*.json``, or one of your own) fixes the dataset, the frames and decode's
+train views, the model, the training recipe and the seed that every run shares, and lists the runs, each
+a head and a linear patch, optionally started from an earlier run's checkpoint (``init_from``,
+post-pretraining). A pair head (tightTransf) has no embeddings: its run re-ranks an earlier run's index
+(``rerank``). ``run_study`` writes the data and the frames once, then for each run trains, embeds the test
+split and indexes it, every stage through its own stage contract, so a second study skips what is done:
 
     OUT/data/            synth: the videos and manifest.jsonl
     OUT/frames/          decode
@@ -41,7 +41,7 @@ from pipeline.stage import read_stage
 from pipeline.synth import SynthOptions, make_synthetic_dataset
 
 STUDIES_DIR = Path(__file__).with_name("studies")
-STUDY_FIELDS = {"description", "synth", "frames", "model", "pretrained", "train", "seed", "runs"}
+STUDY_FIELDS = {"description", "synth", "frames", "train_views", "model", "pretrained", "train", "seed", "runs"}
 SHARED_FOLDERS = ("data", "frames")  # OUT/data and OUT/frames serve every run
 STUDY_FILES = ("study.json", "study.md", "study.png")
 COLUMNS = ("R@1", "R@5", "R@10", "MdR", "MnR")
@@ -67,7 +67,7 @@ class Study:
     name: str
     description: str
     synth: SynthOptions
-    frames: FrameSpec
+    decode: DecodeOptions  # the frames and the train views; the rest is decode's defaults
     model: str
     pretrained: str
     recipe_name: str
@@ -107,6 +107,10 @@ def load_study(name_or_path: str | Path) -> Study:
         runs = tuple(StudyRun(**run) for run in source["runs"])
     except TypeError as error:
         raise VidretError(f"{where}: {error}") from None
+    try:
+        decode = DecodeOptions(spec=frames, train_views=source.get("train_views", 0))
+    except VidretError as error:
+        raise VidretError(f"{where}: {error}") from None
     recipe = make_recipe(recipe_name, **train_fields)
     model, pretrained = source.get("model", defaults.MODEL), source.get("pretrained", defaults.PRETRAINED)
     check_runs(where, runs, model, pretrained, recipe)
@@ -114,7 +118,7 @@ def load_study(name_or_path: str | Path) -> Study:
     if problem := number_problem(seed, integer=True, at_least=0, below=2**32):
         raise VidretError(f"{where}: seed {problem}")
     return Study(
-        name=path.stem, description=source.get("description", ""), synth=synth, frames=frames, model=model,
+        name=path.stem, description=source.get("description", ""), synth=synth, decode=decode, model=model,
         pretrained=pretrained, recipe_name=recipe_name, recipe=recipe, seed=seed, runs=runs, source=source,
     )  # fmt: skip
 
@@ -184,7 +188,7 @@ def run_study(options: StudyOptions, echo: Callable[[str], None] = lambda line: 
     out = Path(options.out)
     data = make_synthetic_dataset(out / "data", study.synth, progress=options.progress)
     echo(data.line())
-    decoded = decode_videos(data.manifest, out / "frames", DecodeOptions(spec=study.frames), progress=options.progress)
+    decoded = decode_videos(data.manifest, out / "frames", study.decode, progress=options.progress)
     echo(decoded.line())
     results, trained = [], 0
     for run in study.runs:
@@ -251,12 +255,13 @@ def study_table(study: Study, results: list[dict]) -> str:
                 else result["name"]
             )
             lines.append(f"| {name}{' + DSL' if dsl else ''} | " + " | ".join(cells) + " |")
-    counts = results[0]["metrics"]
+    counts, spec, train_views = results[0]["metrics"], study.decode.spec, study.decode.train_views
     lines.append("")
     lines.append(
         f"{study.name}: {study.model} ({study.pretrained} weights), recipe {study.recipe_name}"
         f" ({study.recipe.epochs} epochs, batch {study.recipe.batch_size}), seed {study.seed};"
-        f" {study.frames.num_frames} frames at {study.frames.size}²; test split of"
+        f" {spec.num_frames} frames at {spec.size}²{f', {train_views} train views' if train_views else ''};"
+        f"{' direction twins;' if study.synth.twins else ''} test split of"
         f" {counts['num_videos']} videos, {counts['num_texts']} captions; R@k in %, ranks 1-based."
     )
     return "\n".join(lines)

@@ -17,7 +17,8 @@ twin share every attribute but the direction, which is the opposite one on
 the same axis, and the twin's frames are the clip's in reverse order. Both
 are in one split, and share a manifest ``group``, so training draws them into
 the same batches as one another's hard negatives. On such a test split mean
-pooling sees the same frames for a caption's video and its twin, and its
+pooling of per-frame features (each frame encoded alone, as with 2d patches)
+sees the same frames for a caption's video and its twin, and its
 text-to-video R@1 is at most half the test clips, in expectation
 (``MEAN_POOLING_CEILING``), whatever it learns.
 """
@@ -60,8 +61,9 @@ CAPTION_TEMPLATES = (
 )
 SPLIT_FRACTIONS = {"test": 0.2, "val": 0.1}  # the rest is train
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-# With twins, a test caption's video and its twin look alike to mean pooling: it picks the right one at best
-# half the time (the twins' frames differ only by the codec's rounding).
+# With twins, a test caption's video and its twin look alike to mean pooling of per-frame features: it picks
+# the right one at best half the time (the twins' frames differ only by the codec's rounding). A tower that
+# sees several frames at once (--linear-patch 3d) has no such ceiling, whatever its head.
 MEAN_POOLING_CEILING = 0.5
 TRAIN_CAPTIONS = 3  # captions per training video; val and test videos get one, as MSR-VTT 1k-A
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.study import load_study
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,10 +71,26 @@ def test_without_a_dataset_the_cpu_defaults_remain():
     demo = planned_commands("demo")
     assert demo[2].endswith(
         "vidret decode data/synthetic/manifest.jsonl --out runs/demo/frames --frames 4 --size 112 --short-side 112"
+        " --train-views 4"
     )
-    demo_train = "--model vidret-tiny --pretrained none --head seqTransf --linear-patch 3d --recipe demo --epochs 32"
+    demo_train = "--model vidret-tiny --pretrained none --head seqTransf --linear-patch 3d --recipe demo --epochs 48"
     assert demo_train in demo[3]
     assert not any("--dataset" in command for command in demo)
+
+
+def test_the_clip4clip_study_runs_the_demos_data_frames_and_recipe():
+    """make study's table stands next to make demo's result: the same clips, frames, views, model and recipe."""
+    synth, _, decode, train, *_ = planned_commands("demo")
+    study = load_study("clip4clip")
+    assert f"--videos {study.synth.videos} --seed {study.synth.seed}" in synth
+    assert ("--twins" in synth) == study.synth.twins
+    spec, views = study.decode.spec, study.decode.train_views
+    assert decode.endswith(
+        f"--frames {spec.num_frames} --size {spec.size} --short-side {spec.short_side} --train-views {views}"
+    )
+    assert f"--model {study.model} --pretrained {study.pretrained}" in train
+    assert train.endswith(f"--recipe {study.recipe_name} --epochs {study.recipe.epochs}")
+    assert ("seqTransf", "3d") in {(run.head, run.linear_patch) for run in study.runs}  # the demo's run
 
 
 def test_a_test_only_dataset_embeds_zero_shot():

@@ -14,8 +14,9 @@ from pipeline.errors import VidretError
 from pipeline.study import StudyOptions, available_studies, load_study, run_study
 
 SMALL = {
-    "synth": {"videos": 40, "seed": 3, "width": 64, "height": 48, "min_frames": 12, "max_frames": 20},
+    "synth": {"videos": 40, "seed": 3, "width": 64, "height": 48, "min_frames": 12, "max_frames": 20, "twins": True},
     "frames": {"num_frames": 4, "size": 32},
+    "train_views": 2,
     "model": "vidret-micro",
     "pretrained": "none",
     "train": {"recipe": "demo", "epochs": 2, "batch_size": 8},
@@ -52,6 +53,7 @@ def test_every_shipped_study_loads_and_every_run_can_be_built():
         ({"train": {"recipe": "demo", "epoch": 3}}, "train: unknown recipe fields ['epoch']"),
         ({"runs": []}, "no runs"),
         ({"seed": -1}, "seed must be in [0, 4294967296), got -1"),
+        ({"train_views": -1}, "--train-views must be at least 0, got -1"),
         ({"runs": [{"name": "a", "head": "maxP"}]}, "run a: unknown head 'maxP'"),
         ({"model": "RN50", "pretrained": "openai", "runs": [{"name": "a", "head": "meanP", "linear_patch": "3d"}]},
          "run a: --linear-patch 3d deepens a ViT's patch embedding"),
@@ -106,6 +108,8 @@ def test_a_small_study_runs_every_configuration_and_a_second_one_trains_nothing(
     expected_row = f"| meanP | {meanp['t2v']['R@1']:.1f} | {meanp['t2v']['R@5']:.1f} |"
     assert table.startswith("| method | t2v R@1 |") and expected_row in table, table
     assert "| meanP-3d + DSL |" in table and "vidret-micro" in table
+    assert "4 frames at 32², 2 train views; direction twins;" in table, table
+    assert json.loads((out / "frames" / "stage.json").read_text())["params"]["train_views"] == 2
     assert (
         "| tightTransf (re-ranking meanP's top 50) |" in table
         and "| tightTransf (re-ranking meanP's top 50) + DSL" not in table
