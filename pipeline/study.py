@@ -255,13 +255,14 @@ def study_table(study: Study, results: list[dict]) -> str:
                 else result["name"]
             )
             lines.append(f"| {name}{' + DSL' if dsl else ''} | " + " | ".join(cells) + " |")
-    counts, spec, train_views = results[0]["metrics"], study.decode.spec, study.decode.train_views
+    counts, spec = results[0]["metrics"], study.decode.spec
+    views = f", {study.decode.train_views} train views" if study.decode.train_views else ""
+    twins = " direction twins;" if study.synth.twins else ""
     lines.append("")
     lines.append(
         f"{study.name}: {study.model} ({study.pretrained} weights), recipe {study.recipe_name}"
         f" ({study.recipe.epochs} epochs, batch {study.recipe.batch_size}), seed {study.seed};"
-        f" {spec.num_frames} frames at {spec.size}²{f', {train_views} train views' if train_views else ''};"
-        f"{' direction twins;' if study.synth.twins else ''} test split of"
+        f" {spec.num_frames} frames at {spec.size}²{views};{twins} test split of"
         f" {counts['num_videos']} videos, {counts['num_texts']} captions; R@k in %, ranks 1-based."
     )
     return "\n".join(lines)
